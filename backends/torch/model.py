@@ -1,0 +1,56 @@
+"""Build a PyTorch SKNet from a spec: stem, residual stages of SK blocks, pooled linear head."""
+from torch import nn
+
+from sknet.params import init_state
+
+from .layers import BasicBlock, Bottleneck, batch_norm, max_pool
+from .names import load_canonical
+
+
+class SKNet(nn.Module):
+    def __init__(self, spec):
+        super().__init__()
+        self.spec = spec
+        stem = spec.stem
+        self.conv1 = nn.Conv2d(spec.input.in_chans, stem.channels, stem.kernel_size, stem.stride,
+                               (stem.kernel_size - 1) // 2, bias=False)
+        self.bn1 = batch_norm(stem.channels, spec.norm)
+        self.act1 = nn.ReLU(inplace=True)
+        self.maxpool = max_pool(stem.pool)
+        block = Bottleneck if spec.block.type == "bottleneck" else BasicBlock
+        inplanes = stem.channels
+        self.stage_names = []
+        for i, (depth, planes, stride) in enumerate(
+                zip(spec.stages.depths, spec.stages.channels, spec.stages.strides)):
+            blocks = []
+            for b in range(depth):
+                blocks.append(block(spec, inplanes, planes, stride if b == 0 else 1))
+                inplanes = planes * spec.expansion
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+            self.stage_names.append(f"layer{i + 1}")
+        self.num_features = inplanes
+        self.drop = nn.Dropout(spec.head.dropout) if spec.head.dropout else nn.Identity()
+        self.fc = nn.Linear(inplanes, spec.num_classes)
+
+    def forward_features(self, x):
+        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward_head(self, x):
+        return self.fc(self.drop(x.mean((2, 3))))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def build(spec, seed=0):
+    """A ``torch.nn.Module`` for ``spec``, initialised from ``sknet.params.init_state(spec, seed)``."""
+    model = SKNet(spec)
+    load_canonical(model, init_state(spec, seed))
+    return model
+
+
+def count_trainable(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

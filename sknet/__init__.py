@@ -1,0 +1,48 @@
+"""SKNet from one spec: PyTorch modules, MindSpore cells and ONNX graphs.
+
+``import sknet`` imports no framework; a backend's framework is imported when a model
+is first built for it.
+"""
+from .errors import BackendMissing, CheckpointError, SKNetError, SpecError
+from .registry import get_spec, list_models
+from .spec import ModelSpec, load_spec
+
+__version__ = "0.1.0"
+__all__ = ["BackendMissing", "CheckpointError", "ModelSpec", "SKNetError", "SpecError",
+           "create_model", "get_spec", "list_models", "load_spec", "backend_module"]
+
+BACKENDS = {"torch": ("torch", "torch"), "mindspore": ("mindspore", "mindspore"),
+            "onnx": ("onnx", "onnx")}
+
+
+def backend_module(backend):
+    """``backends.<backend>``, imported now; a missing framework raises BackendMissing."""
+    import importlib
+
+    if backend not in BACKENDS:
+        raise SKNetError(f"unknown backend '{backend}' (choose from: {', '.join(BACKENDS)})")
+    framework, extra = BACKENDS[backend]
+    try:
+        importlib.import_module(framework)
+    except ImportError:
+        raise BackendMissing(backend, framework, extra) from None
+    return importlib.import_module(f"backends.{backend}")
+
+
+def create_model(name_or_spec, backend="torch", num_classes=None, checkpoint=None, seed=0, **overrides):
+    """A ready model for a registered name, alias, spec path or ``ModelSpec``.
+
+    ``num_classes`` and other top-level spec fields (``in_chans``, ``size`` too) may be
+    overridden; with ``checkpoint`` (any format ``sknet convert`` reads) its weights are loaded.
+    """
+    if isinstance(name_or_spec, ModelSpec):
+        spec = name_or_spec.replace(num_classes=num_classes, **overrides)
+    else:
+        spec = get_spec(name_or_spec, num_classes=num_classes, **overrides)
+    module = backend_module(backend)
+    model = module.build(spec, seed=seed)
+    if checkpoint is not None:
+        from .checkpoint import read_canonical
+
+        module.load_canonical(model, read_canonical(checkpoint, spec))
+    return model

@@ -1,0 +1,61 @@
+"""Print a model's trainable parameters, MACs, SK units and per-stage widths."""
+import json
+
+from ..registry import get_spec
+from ..tree import count_macs, count_params, sk_units, stage_of
+
+HELP = "parameter count, MACs and structure of a model"
+
+
+def add_arguments(p):
+    p.add_argument("model", help="registered name, alias, or path to a spec YAML")
+    p.add_argument("--backend", choices=["torch", "mindspore", "onnx"],
+                   help="also build the model on this backend and count its parameters there")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--in-chans", type=int)
+    p.add_argument("--size", type=int, help="input size for the MAC count (default: the spec's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def backend_params(backend, spec):
+    """Trainable parameters as the framework itself counts them, on a freshly built model."""
+    from .. import backend_module
+
+    module = backend_module(backend)
+    return module.count_trainable(module.build(spec))
+
+
+def describe(spec, size=None):
+    units = sk_units(spec, size)
+    stages = []
+    for i, (depth, planes, stride) in enumerate(
+            zip(spec.stages.depths, spec.stages.channels, spec.stages.strides)):
+        name = f"layer{i + 1}"
+        here = [u for u in units if stage_of(u.path) == name]
+        stages.append({"name": name, "depth": depth, "stride": stride, "sk_width": spec.block_width(planes),
+                       "out_channels": planes * spec.expansion, "attn_width": here[0].attn_width,
+                       "out_size": list(here[-1].out_hw)})
+    return {"model": spec.name, "params": count_params(spec), "macs": count_macs(spec, size),
+            "input_size": size or spec.input.size, "in_chans": spec.input.in_chans,
+            "num_classes": spec.num_classes, "sk_units": len(units),
+            "branches": [[b.kernel_size, b.dilation] for b in spec.sk.branches], "stages": stages}
+
+
+def run(args):
+    spec = get_spec(args.model, num_classes=args.num_classes, in_chans=args.in_chans)
+    info = describe(spec, args.size)
+    if args.backend:
+        info["backend"] = args.backend
+        info["backend_params"] = backend_params(args.backend, spec)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['model']}: {info['params']:,} trainable parameters, "
+          f"{info['macs'] / 1e9:.4f} GMACs at {info['input_size']}x{info['input_size']}, "
+          f"{info['sk_units']} SK units, branches (kernel, dilation) {info['branches']}")
+    if args.backend:
+        print(f"  built on {args.backend}: {info['backend_params']:,} trainable parameters")
+    for st in info["stages"]:
+        print(f"  {st['name']}: {st['depth']} blocks, stride {st['stride']}, SK width {st['sk_width']} "
+              f"(d = {st['attn_width']}), out {st['out_channels']} @ {st['out_size'][0]}x{st['out_size'][1]}")
+    return 0

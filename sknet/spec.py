@@ -1,0 +1,232 @@
+"""The model spec: an SKNet described as plain data.
+
+A spec is loaded from ``configs/models/<name>.yaml`` (or a user's own file) into the
+frozen dataclasses below, then checked for values no network could have. Backends
+read nothing but these dataclasses.
+"""
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Tuple
+
+from .errors import SpecError
+from .typed import build, load_yaml, to_dict
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    size: int = 224
+    in_chans: int = 3
+    crop_pct: float = 0.875
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bicubic"
+    mean: Tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: Tuple[float, ...] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    kernel_size: int = 3
+    stride: int = 2
+    # "symmetric": pad (k-1)//2 on every side, as PyTorch's MaxPool2d(padding=1) and timm.
+    # "same": TensorFlow/MindSpore pad_mode="same", extra padding bottom/right only, as mindcv.
+    padding: Literal["symmetric", "same"] = "symmetric"
+
+
+@dataclass(frozen=True)
+class StemSpec:
+    channels: int = 64
+    kernel_size: int = 7
+    stride: int = 2
+    pool: Optional[PoolSpec] = field(default_factory=PoolSpec)
+
+
+@dataclass(frozen=True)
+class BranchSpec:
+    kernel_size: int = 3
+    dilation: int = 1
+
+
+@dataclass(frozen=True)
+class SKSpec:
+    """One selective-kernel unit: M branches, fuse by sum, squeeze to d, select by softmax over M."""
+    branches: Tuple[BranchSpec, ...] = (BranchSpec(3, 1), BranchSpec(3, 2))
+    split_input: bool = False
+    # d = make_divisible(C * rd_ratio, rd_divisor) floored at min_width: the paper's max(C/r, L).
+    rd_ratio: float = 1 / 16
+    rd_divisor: int = 8
+    min_width: Optional[int] = None
+
+    @property
+    def num_branches(self):
+        return len(self.branches)
+
+    def attn_width(self, channels):
+        floor = self.min_width if self.min_width is not None else self.rd_divisor
+        return make_divisible(channels * self.rd_ratio, self.rd_divisor, floor)
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    type: Literal["basic", "bottleneck"] = "basic"
+    # mindcv's bottleneck leaves out the ReLU after its first 1x1 conv; timm's has it.
+    first_relu: bool = True
+
+
+@dataclass(frozen=True)
+class StagesSpec:
+    depths: Tuple[int, ...] = (2, 2, 2, 2)
+    channels: Tuple[int, ...] = (64, 128, 256, 512)
+    strides: Tuple[int, ...] = (1, 2, 2, 2)
+    groups: int = 1
+    base_width: int = 64
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    # PyTorch's convention: running = (1 - momentum) * running + momentum * batch.
+    momentum: float = 0.1
+    eps: float = 1e-5
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str = ""
+    aliases: Tuple[str, ...] = ()
+    num_classes: int = 1000
+    input: InputSpec = field(default_factory=InputSpec)
+    stem: StemSpec = field(default_factory=StemSpec)
+    block: BlockSpec = field(default_factory=BlockSpec)
+    stages: StagesSpec = field(default_factory=StagesSpec)
+    sk: SKSpec = field(default_factory=SKSpec)
+    norm: NormSpec = field(default_factory=NormSpec)
+    head: HeadSpec = field(default_factory=HeadSpec)
+    source: str = field(default="", compare=False, repr=False)
+
+    @property
+    def expansion(self):
+        return 4 if self.block.type == "bottleneck" else 1
+
+    def block_width(self, planes):
+        """Width of the SK unit inside a block of ``planes`` (ResNeXt's groups x base width)."""
+        if self.block.type == "basic":
+            return planes
+        return int(planes * (self.stages.base_width / 64.0)) * self.stages.groups
+
+    @property
+    def num_features(self):
+        return self.stages.channels[-1] * self.expansion
+
+    def replace(self, **overrides):
+        """A copy with top-level fields, or ``in_chans``/``size``, replaced; validated again."""
+        data = to_dict(self)
+        data.pop("source")
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key in ("in_chans", "size"):
+                data["input"][key] = value
+                if key == "in_chans":
+                    # Other channel counts take the average statistics on every channel.
+                    for stat in ("mean", "std"):
+                        vals = data["input"][stat]
+                        if len(vals) != value:
+                            data["input"][stat] = [sum(vals) / len(vals)] * value
+            elif key in data:
+                data[key] = value
+            else:
+                raise SpecError(self.source, key, "unknown override")
+        return from_dict(data, self.source)
+
+
+def make_divisible(value, divisor, min_value):
+    """Nearest multiple of ``divisor``, at least ``min_value``, never more than 10 % below ``value``."""
+    new = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new < 0.9 * value:
+        new += divisor
+    return new
+
+
+def _check(spec):
+    src = spec.source
+
+    def need(ok, key, message):
+        if not ok:
+            raise SpecError(src, key, message)
+
+    need(spec.num_classes >= 1, "num_classes", f"must be >= 1, got {spec.num_classes}")
+    need(spec.input.in_chans >= 1, "input.in_chans", f"must be >= 1, got {spec.input.in_chans}")
+    need(spec.input.size >= 8, "input.size", f"must be >= 8, got {spec.input.size}")
+    need(len(spec.input.mean) == spec.input.in_chans, "input.mean",
+         f"has {len(spec.input.mean)} values for {spec.input.in_chans} input channels")
+    need(len(spec.input.std) == spec.input.in_chans, "input.std",
+         f"has {len(spec.input.std)} values for {spec.input.in_chans} input channels")
+    need(all(s > 0 for s in spec.input.std), "input.std", "must be positive")
+    need(0 < spec.input.crop_pct <= 1, "input.crop_pct", f"must be in (0, 1], got {spec.input.crop_pct}")
+    stem = spec.stem
+    need(stem.channels >= 1, "stem.channels", f"must be >= 1, got {stem.channels}")
+    need(stem.kernel_size >= 1 and stem.kernel_size % 2 == 1, "stem.kernel_size",
+         f"must be a positive odd number, got {stem.kernel_size}")
+    need(stem.stride >= 1, "stem.stride", f"must be >= 1, got {stem.stride}")
+    if stem.pool is not None:
+        need(stem.pool.kernel_size >= 1, "stem.pool.kernel_size", "must be >= 1")
+        need(stem.pool.stride >= 1, "stem.pool.stride", "must be >= 1")
+    st = spec.stages
+    n = len(st.depths)
+    need(n >= 1, "stages.depths", "needs at least one stage")
+    need(len(st.channels) == n, "stages.channels", f"has {len(st.channels)} entries for {n} stages")
+    need(len(st.strides) == n, "stages.strides", f"has {len(st.strides)} entries for {n} stages")
+    for i, d in enumerate(st.depths):
+        need(d >= 1, f"stages.depths[{i}]", f"must be >= 1, got {d}")
+    for i, c in enumerate(st.channels):
+        need(c >= 1, f"stages.channels[{i}]", f"must be >= 1, got {c}")
+    for i, s in enumerate(st.strides):
+        need(s in (1, 2), f"stages.strides[{i}]", f"must be 1 or 2, got {s}")
+    need(st.groups >= 1, "stages.groups", f"must be >= 1, got {st.groups}")
+    need(st.base_width >= 1, "stages.base_width", f"must be >= 1, got {st.base_width}")
+    if spec.block.type == "basic":
+        need(st.groups == 1 and st.base_width == 64, "stages.groups",
+             "basic blocks support only groups 1 and base_width 64")
+    sk = spec.sk
+    m = sk.num_branches
+    need(m >= 1, "sk.branches", "needs at least one branch (M >= 1)")
+    for i, b in enumerate(sk.branches):
+        need(b.kernel_size >= 1 and b.kernel_size % 2 == 1, f"sk.branches[{i}].kernel_size",
+             f"must be a positive odd number, got {b.kernel_size}")
+        need(b.dilation >= 1, f"sk.branches[{i}].dilation", f"must be >= 1, got {b.dilation}")
+    need(0 < sk.rd_ratio <= 1, "sk.rd_ratio", f"must be in (0, 1], got {sk.rd_ratio}")
+    need(sk.rd_divisor >= 1, "sk.rd_divisor", f"must be >= 1, got {sk.rd_divisor}")
+    need(sk.min_width is None or sk.min_width >= 1, "sk.min_width", "must be >= 1")
+    need(0 <= spec.norm.momentum <= 1, "norm.momentum", f"must be in [0, 1], got {spec.norm.momentum}")
+    need(spec.norm.eps > 0, "norm.eps", f"must be positive, got {spec.norm.eps}")
+    need(0 <= spec.head.dropout < 1, "head.dropout", f"must be in [0, 1), got {spec.head.dropout}")
+    inplanes = stem.channels
+    for i, planes in enumerate(st.channels):
+        width = spec.block_width(planes)
+        need(width >= 1, f"stages.channels[{i}]", "gives a block width of 0")
+        sk_in = inplanes if spec.block.type == "basic" else width
+        groups = min(width, st.groups)
+        per_branch_in = sk_in // m if sk.split_input else sk_in
+        if sk.split_input:
+            need(sk_in % m == 0, f"stages.channels[{i}]",
+                 f"SK input of {sk_in} channels cannot be split across {m} branches")
+        need(per_branch_in % groups == 0 and width % groups == 0, "stages.groups",
+             f"stage {i}: {per_branch_in} -> {width} channels are not divisible by {groups} groups")
+        inplanes = planes * spec.expansion
+
+
+def from_dict(data, source=""):
+    spec = build(ModelSpec, data, source)
+    spec = dataclasses.replace(spec, source=source)
+    _check(spec)
+    return spec
+
+
+def load_spec(path):
+    path = Path(path)
+    return from_dict(load_yaml(path), str(path))
