@@ -17,4 +17,5 @@ PY=${PYTHON:-python3}
 # MindSpore 2.x is built against NumPy 1.x.
 .venv/bin/pip install -q ${SKNET_TORCH_PIN:-torch==2.13.0} "numpy<2"
 .venv/bin/pip install -q -e ".[all,test]" "numpy<2"
+.venv/bin/pip install -q --no-deps foolbox==3.3.4
 .venv/bin/python -c "import sknet, torch, mindspore, onnx, onnxruntime; print('sknet', sknet.__version__, '| torch', torch.__version__, '| mindspore', mindspore.__version__, '| onnxruntime', onnxruntime.__version__)"
