@@ -82,6 +82,12 @@ class StagesSpec:
 
 
 @dataclass(frozen=True)
+class DownsampleSpec:
+    # A 1x1 conv carrying the stride, then BN, as timm's and mindcv's SK models (no avg-down).
+    kind: Literal["conv"] = "conv"
+
+
+@dataclass(frozen=True)
 class NormSpec:
     # PyTorch's convention: running = (1 - momentum) * running + momentum * batch.
     momentum: float = 0.1
@@ -104,6 +110,7 @@ class ModelSpec:
     block: BlockSpec = field(default_factory=BlockSpec)
     stages: StagesSpec = field(default_factory=StagesSpec)
     sk: SKSpec = field(default_factory=SKSpec)
+    downsample: DownsampleSpec = field(default_factory=DownsampleSpec)
     norm: NormSpec = field(default_factory=NormSpec)
     head: HeadSpec = field(default_factory=HeadSpec)
     source: str = field(default="", compare=False, repr=False)
