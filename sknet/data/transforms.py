@@ -70,15 +70,19 @@ def random_resized_crop(img, rng, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
 
 def pad_crop(img, rng, size, padding):
     """Zero-pad by ``padding`` on every side, then a random size x size crop (CIFAR-style)."""
-    if padding:
-        img = np.pad(img, ((padding, padding), (padding, padding), (0, 0)))
-    h, w = img.shape[:2]
-    if h < size or w < size:
+    h, w, c = img.shape
+    if h + 2 * padding < size or w + 2 * padding < size:
         img = resize_short(img, size, "bilinear")
-        h, w = img.shape[:2]
-    top = int(rng.integers(0, h - size + 1))
-    left = int(rng.integers(0, w - size + 1))
-    return np.ascontiguousarray(img[top:top + size, left:left + size])
+        h, w, c = img.shape
+    top = int(rng.integers(0, h + 2 * padding - size + 1))
+    left = int(rng.integers(0, w + 2 * padding - size + 1))
+    # Copy the overlap of the crop window with the image instead of padding the whole image.
+    out = np.zeros((size, size, c), img.dtype)
+    y0, y1 = max(top, padding), min(top + size, padding + h)
+    x0, x1 = max(left, padding), min(left + size, padding + w)
+    if y1 > y0 and x1 > x0:
+        out[y0 - top:y1 - top, x0 - left:x1 - left] = img[y0 - padding:y1 - padding, x0 - padding:x1 - padding]
+    return out
 
 
 def hflip(img, rng, p=0.5):
