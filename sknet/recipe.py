@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Tuple
 
-from .errors import SpecError
+from .errors import SKNetError, SpecError
 from .typed import build, load_yaml, to_dict
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -105,7 +105,7 @@ class Recipe:
     label_smoothing: float = 0.0
     amp: AmpRecipe = field(default_factory=AmpRecipe)
     seed: int = 0
-    device: Literal["auto", "cpu", "gpu", "ascend"] = "auto"
+    device: Literal["auto", "cpu", "gpu", "cuda", "ascend"] = "auto"
     name: str = field(default="", compare=False)
     source: str = field(default="", compare=False, repr=False)
 
@@ -241,3 +241,16 @@ def data_root(recipe):
 
 def global_batch(recipe, world_size):
     return recipe.batch_size * world_size
+
+
+def backend_device(device, backend):
+    """A recipe's or command line's device as the framework names it; ``auto`` gives None (caller picks)."""
+    name = str(device).lower()
+    if name == "auto":
+        return None
+    names = {"torch": {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda"},
+             "mindspore": {"cpu": "CPU", "gpu": "GPU", "cuda": "GPU", "ascend": "Ascend"}}.get(backend, {})
+    if name not in names:
+        raise SKNetError(f"device '{device}' is not available with backend '{backend}' "
+                         f"(choose from: auto, {', '.join(names)})")
+    return names[name]

@@ -173,6 +173,22 @@ def test_eval_transform_resizes_short_side_then_centre_crops():
                                   resized[16:240, 58:282])
 
 
+@pytest.mark.parametrize("factor", [0.6, 1.0, 1.4])
+def test_colour_adjustments_match_pil_image_enhance(factor):
+    from PIL import ImageEnhance
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    for ours, theirs in ((T.adjust_brightness, ImageEnhance.Brightness),
+                         (T.adjust_contrast, ImageEnhance.Contrast),
+                         (T.adjust_saturation, ImageEnhance.Color)):
+        got = ours(img.astype(np.float32), factor)
+        ref = np.asarray(theirs(Image.fromarray(img)).enhance(factor)).astype(np.float32)
+        # PIL rounds its output and grey image to uint8 (<= 1 level) and, for contrast, the
+        # mean grey to an integer (<= 0.5 x |1 - factor|); we keep float32 throughout.
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1.0 + 0.5 * abs(1 - factor), err_msg=ours.__name__)
+
+
 def test_flip_jitter_and_erasing_behave():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (8, 9, 3), dtype=np.uint8)

@@ -9,7 +9,8 @@ import yaml
 
 from sknet import SpecError, get_spec
 from sknet.params import tensor_specs
-from sknet.recipe import Recipe, list_recipes, load_recipe
+from sknet.errors import SKNetError
+from sknet.recipe import Recipe, backend_device, list_recipes, load_recipe
 from sknet.schedule import learning_rates, param_groups, peak_lr, weight_decay_of
 
 RECIPES = Path(__file__).parent.parent / "configs/recipes"
@@ -258,3 +259,10 @@ def test_weight_decay_targets_match_torch_module_types(torch, all_tensors):
     for _, names in groups:
         assert names == [n for n in order if n in set(names)]
     assert not any(weight_decay_of(n, "bn", recipe) for n in ("layer1.0.bn.running_mean", "x.running_var"))
+
+
+def test_device_names_per_backend():
+    assert [backend_device(d, "torch") for d in ("auto", "cpu", "gpu", "CUDA")] == [None, "cpu", "cuda", "cuda"]
+    assert [backend_device(d, "mindspore") for d in ("cpu", "GPU", "ascend")] == ["CPU", "GPU", "Ascend"]
+    with pytest.raises(SKNetError, match="device 'ascend' is not available with backend 'torch'"):
+        backend_device("ascend", "torch")

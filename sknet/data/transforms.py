@@ -93,27 +93,40 @@ def _gray(x):
     return x[..., :1] if x.shape[2] == 1 else (x @ LUMA)[..., None]
 
 
+# Each adjustment blends float HWC pixels in [0, 255] with a reference image and clips:
+# black (brightness), the mean grey level (contrast), the greyscale image (saturation),
+# as PIL's ImageEnhance, torchvision's ColorJitter and MindSpore's RandomColorAdjust do.
+def adjust_brightness(x, f):
+    return np.clip(x * np.float32(f), 0.0, 255.0)
+
+
+def adjust_contrast(x, f):
+    f = np.float32(f)
+    return np.clip(f * x + (1 - f) * _gray(x).mean(), 0.0, 255.0)
+
+
+def adjust_saturation(x, f):
+    if x.shape[2] == 1:
+        return x
+    f = np.float32(f)
+    return np.clip(f * x + (1 - f) * _gray(x), 0.0, 255.0)
+
+
+ADJUSTMENTS = (adjust_brightness, adjust_contrast, adjust_saturation)
+
+
 def color_jitter(img, rng, strength):
     """Brightness, contrast and saturation, each by a factor in [max(0, 1-s), 1+s], in random order.
 
-    Each blends the image with black, its mean grey level, or its greyscale version (as
-    torchvision's ColorJitter and MindSpore's RandomColorAdjust do), clipped to [0, 255].
     Returns float32 HWC in [0, 255].
     """
     x = img.astype(np.float32)
     if strength <= 0:
         return x
     lo, hi = max(0.0, 1.0 - strength), 1.0 + strength
-    factors = [rng.uniform(lo, hi) for _ in range(3)]
-    for op in rng.permutation(3):
-        f = np.float32(factors[op])
-        if op == 0:
-            x = x * f
-        elif op == 1:
-            x = f * x + (1 - f) * _gray(x).mean()
-        elif x.shape[2] > 1:
-            x = f * x + (1 - f) * _gray(x)
-        x = np.clip(x, 0.0, 255.0)
+    factors = [rng.uniform(lo, hi) for _ in ADJUSTMENTS]
+    for op in rng.permutation(len(ADJUSTMENTS)):
+        x = ADJUSTMENTS[op](x, factors[op])
     return x
 
 
