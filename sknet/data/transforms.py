@@ -170,10 +170,11 @@ def resize_short(img, short, interpolation):
     h, w = img.shape[:2]
     if min(h, w) == short:
         return img
+    # The long side is truncated, as torchvision's Resize(int) and timm's eval transform do.
     if h <= w:
-        nh, nw = short, int(round(w * short / h))
+        nh, nw = short, int(w * short / h)
     else:
-        nh, nw = int(round(h * short / w)), short
+        nh, nw = int(h * short / w), short
     return _array(_pil(img).resize((nw, nh), RESAMPLE[interpolation]), img.shape[2])
 
 
