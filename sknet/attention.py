@@ -1,0 +1,355 @@
+"""SK attention analysis as in the paper (Li et al., CVPR 2019, Sec. 4.3, Figs. 2-3).
+
+The paper enlarges the object in an image by cropping the centre region and resizing it
+back to the input size, then compares, per SK unit, the mean selection weight on the
+large (dilated) kernel with that on the small one. This module holds everything that
+does not depend on a framework: loading and enlarging images, the per-unit statistics,
+the spatial "where the large kernel wins" map, the CSV and the figures. The backends'
+``attention.py`` run the model and hand back what the SK units recorded.
+
+Definitions (docs/attention.md explains them for users):
+
+- branch mean ``attn_<branch>``: the softmax weight of that branch averaged over the
+  unit's C channels, for one image at one scale;
+- difference ``diff``: the branch mean of the large branch minus that of the small one
+  (large/small by receptive field ``dilation * (kernel - 1) + 1``);
+- map: per output pixel, mean over channels of ``a_large,c * V_large,c(y, x)`` minus the
+  same for the small branch, where ``V`` are the branch outputs (after BN-ReLU) and ``a``
+  the selection weights: the unit's output is ``sum_m a_m V_m``, so the map says which
+  branch contributes more to the unit's (channel-mean) output at each place.
+"""
+import csv
+import os
+import re
+import uuid
+from collections import namedtuple
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .errors import SKNetError
+from .tree import sk_units
+
+# What a backend's capture returns per SK unit: weights (B, M, C) and, for the units
+# asked for, the M branch outputs (B, C, H, W) (else None).
+Capture = namedtuple("Capture", "weights branches")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# foolbox's sample photos are named <dataset>_<index>_<label>.<ext>, e.g. imagenet_00_243.jpg.
+_LABELLED = re.compile(r"^[A-Za-z][A-Za-z0-9]*_\d+_(\d+)$")
+
+
+def unit_paths(spec):
+    """Paths of the spec's SK units in build order, e.g. ``layer2.3.conv1``."""
+    return [u.path for u in sk_units(spec)]
+
+
+def paper_name(path):
+    """The paper's name of a unit: stage conv2..conv5 is our layer1..layer4, blocks count from 1.
+
+    ``layer2.3.conv1`` -> ``SK_3_4`` (the paper's SK_3_4 is the 4th block of conv3).
+    """
+    stage, block = path.split(".")[:2]
+    return f"SK_{int(stage[len('layer'):]) + 1}_{int(block) + 1}"
+
+
+def branch_names(spec):
+    names = [f"{b.kernel_size}x{b.kernel_size}_d{b.dilation}" for b in spec.sk.branches]
+    if len(set(names)) != len(names):
+        raise SKNetError(f"{spec.source or spec.name}: 'sk.branches' has two identical branches; "
+                         "attention analysis needs branches of different receptive fields")
+    return names
+
+
+def large_small(spec):
+    """Indices of the branches with the largest and the smallest receptive field."""
+    if spec.sk.num_branches < 2:
+        raise SKNetError(f"{spec.source or spec.name}: 'sk.branches' has one branch: nothing to select between")
+    extent = [b.dilation * (b.kernel_size - 1) + 1 for b in spec.sk.branches]
+    large, small = int(np.argmax(extent)), int(np.argmin(extent))
+    if extent[large] == extent[small]:
+        raise SKNetError(f"{spec.source or spec.name}: all SK branches see {extent[large]}x{extent[large]} pixels; "
+                         "'large' and 'small' are undefined")
+    return large, small
+
+
+# ---------------------------------------------------------------- images
+
+def label_from_name(path, num_classes=None):
+    """The class in a foolbox-style file name (``imagenet_00_243.jpg`` -> 243), else None."""
+    m = _LABELLED.match(Path(path).stem)
+    if not m:
+        return None
+    label = int(m.group(1))
+    return label if num_classes is None or label < num_classes else None
+
+
+def expand_images(paths):
+    """Files as given, folders as their image files (sorted); missing paths raise."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise SKNetError(f"{p}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise SKNetError(f"{p}: no such image file or folder")
+    return out
+
+
+def load_image(path, spec):
+    """A PIL image in the mode the spec's input takes (RGB for 3 channels, L for 1)."""
+    from PIL import Image, UnidentifiedImageError
+
+    mode = {1: "L", 3: "RGB"}.get(spec.input.in_chans)
+    if mode is None:
+        raise SKNetError(f"model '{spec.name}' takes {spec.input.in_chans} input channels; "
+                         "images can only be fed to 1- or 3-channel models")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert(mode)
+    except (UnidentifiedImageError, OSError) as err:
+        raise SKNetError(f"{path}: cannot read as an image ({err})") from None
+
+
+def enlarge(img, spec, scale, size=None):
+    """The model's input for ``img`` with its centre enlarged ``scale`` times, as uint8 (H, W[, C]).
+
+    Scale 1 is the usual evaluation crop (shorter side resized to size / crop_pct, centre
+    crop of ``size``); scale s keeps the centre 1/s of that crop. Both are done as one
+    resampling of the original pixels (PIL ``resize`` with a box), so a larger scale is
+    not a blurred copy of a smaller one.
+    """
+    from PIL import Image
+
+    if scale < 1:
+        raise SKNetError(f"scale {scale}: only enlargements (scale >= 1) are defined")
+    size = size or spec.input.size
+    w, h = img.size
+    side = min(w, h) * spec.input.crop_pct / scale
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+                "nearest": Image.NEAREST}[spec.input.interpolation]
+    return np.asarray(img.resize((size, size), resample, box=box))
+
+
+def normalise(pixels, spec):
+    """uint8 (H, W[, C]) -> float32 (C, H, W) with the spec's mean and std."""
+    x = pixels.astype(np.float32) / 255.0
+    x = x[..., None] if x.ndim == 2 else x
+    mean = np.asarray(spec.input.mean, np.float32)
+    std = np.asarray(spec.input.std, np.float32)
+    return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1))
+
+
+# ---------------------------------------------------------------- statistics
+
+def branch_means(weights):
+    """(B, M, C) selection weights -> (B, M): each branch's weight averaged over channels."""
+    return weights.astype(np.float64).mean(axis=2)
+
+
+def contribution_map(weights, branches, large, small):
+    """(B, H, W): channel-mean of a_large * V_large minus that of a_small * V_small."""
+    def part(i):
+        return np.einsum("bc,bchw->bhw", weights[:, i].astype(np.float64), branches[i].astype(np.float64))
+
+    return (part(large) - part(small)) / weights.shape[2]
+
+
+@dataclass
+class Analysis:
+    """Everything measured for N images x S scales x U units (M branches)."""
+    spec: object
+    images: List[Path]
+    labels: List[Optional[int]]
+    scales: Tuple[float, ...]
+    units: List[str]
+    branches: List[str]
+    large: int
+    small: int
+    means: np.ndarray               # (N, S, U, M)
+    preds: np.ndarray               # (N, S) argmax class
+    pixels: List[np.ndarray]        # per image: (S, H, W[, C]) uint8 model inputs before normalising
+    map_units: List[str] = field(default_factory=list)
+    maps: Dict[str, np.ndarray] = field(default_factory=dict)  # unit -> (N, S, h, w)
+    note: str = ""
+
+    @property
+    def diffs(self):
+        return self.means[..., self.large] - self.means[..., self.small]
+
+
+def default_map_units(spec):
+    """The last SK unit of each stage: one map per resolution."""
+    last = {}
+    for path in unit_paths(spec):
+        last[path.split(".")[0]] = path
+    return list(last.values())
+
+
+def analyse(model, capture, spec, images, scales, size=None, map_units=None, note=""):
+    """Run ``capture(model, x, keep_branches)`` on every image at every scale (one batch per image)."""
+    units = unit_paths(spec)
+    large, small = large_small(spec)
+    map_units = default_map_units(spec) if map_units is None else list(map_units)
+    unknown = [u for u in map_units if u not in units]
+    if unknown:
+        raise SKNetError(f"--map-units: {', '.join(unknown)} is not an SK unit of '{spec.name}' "
+                         f"(units: {', '.join(units)})")
+    images = [Path(p) for p in images]
+    n, s = len(images), len(scales)
+    means = np.zeros((n, s, len(units), spec.sk.num_branches))
+    preds = np.zeros((n, s), np.int64)
+    maps = {u: [] for u in map_units}
+    pixels = []
+    for i, path in enumerate(images):
+        img = load_image(path, spec)
+        px = np.stack([enlarge(img, spec, sc, size) for sc in scales])
+        logits, rec = capture(model, np.stack([normalise(p, spec) for p in px]), set(map_units))
+        pixels.append(px)
+        preds[i] = logits.argmax(axis=1)
+        for j, u in enumerate(units):
+            means[i, :, j] = branch_means(rec[u].weights)
+        for u in map_units:
+            maps[u].append(contribution_map(rec[u].weights, rec[u].branches, large, small))
+    return Analysis(spec, images, [label_from_name(p, spec.num_classes) for p in images], tuple(scales),
+                    units, branch_names(spec), large, small, means, preds, pixels, map_units,
+                    {u: np.stack(v) for u, v in maps.items()}, note)
+
+
+# ---------------------------------------------------------------- output
+
+def _atomic(path, write, binary=False):
+    """Write through ``write(file)`` into a temp file beside ``path``, then move it into place."""
+    path = Path(path)
+    # Opened by name (not mkstemp) so that the file gets the user's umask, not mode 0600.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb" if binary else "x", **({} if binary else {"newline": ""})) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def csv_header(spec):
+    return (["image", "class", "scale", "unit", "paper_unit"]
+            + [f"attn_{b}" for b in branch_names(spec)] + ["diff", "pred"])
+
+
+def csv_rows(a):
+    """One row per image x scale x unit, in that nesting order."""
+    diffs = a.diffs
+    for i, path in enumerate(a.images):
+        for k, scale in enumerate(a.scales):
+            for j, unit in enumerate(a.units):
+                yield ([path.name, "" if a.labels[i] is None else a.labels[i], f"{scale:g}", unit,
+                        paper_name(unit)] + [f"{v:.9g}" for v in a.means[i, k, j]]
+                       + [f"{diffs[i, k, j]:.9g}", int(a.preds[i, k])])
+
+
+def write_csv(a, path):
+    def write(f):
+        w = csv.writer(f)
+        w.writerow(csv_header(a.spec))
+        w.writerows(csv_rows(a))
+
+    _atomic(path, write)
+
+
+def _figure(width, height):
+    # The object API with an Agg canvas: no pyplot, no global backend switch, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path, dpi):
+    _atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi), binary=True)
+
+
+def plot_differences(a, path, dpi=100):
+    """The paper's Fig. 2/3 view: per SK unit, mean (large - small) over the images, one bar per scale."""
+    diffs = a.diffs                              # (N, S, U)
+    n_units, n_scales = len(a.units), len(a.scales)
+    fig = _figure(max(6.0, 0.5 * n_units + 2.0), 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / n_scales
+    x = np.arange(n_units)
+    for k, scale in enumerate(a.scales):
+        mean = diffs[:, k].mean(axis=0)
+        err = diffs[:, k].std(axis=0) if len(a.images) > 1 else None
+        ax.bar(x + (k - (n_scales - 1) / 2) * width, mean, width, yerr=err, capsize=2,
+               label=f"{scale:g}x", error_kw={"elinewidth": 0.8})
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xticks(x)
+    ax.set_xticklabels([paper_name(u) for u in a.units], rotation=60, fontsize=8)
+    big, small = a.branches[a.large], a.branches[a.small]
+    ax.set_ylabel(f"mean attention\n{big} - {small}")
+    ax.set_title(f"{a.spec.name}: {len(a.images)} image(s), mean +- std over images" + a.note, fontsize=9)
+    ax.legend(title="centre enlarged", fontsize=8, title_fontsize=8)
+    fig.tight_layout()
+    _save(fig, path, dpi)
+
+
+def plot_maps(a, i, path, dpi=80):
+    """Image ``i`` at each scale (rows), then each map unit's large-minus-small contribution over it."""
+    n_scales, n_maps = len(a.scales), len(a.map_units)
+    fig = _figure(1.7 * (1 + n_maps), 1.8 * n_scales + 0.5)
+    diffs = a.diffs[i]
+    for k, scale in enumerate(a.scales):
+        px = a.pixels[i][k]
+        h, w = px.shape[:2]
+        ax = fig.add_subplot(n_scales, 1 + n_maps, k * (1 + n_maps) + 1)
+        ax.imshow(px, cmap="gray" if px.ndim == 2 else None)
+        ax.set_title(f"{scale:g}x", fontsize=8)
+        ax.axis("off")
+        gray = px if px.ndim == 2 else px.mean(axis=2)
+        for j, unit in enumerate(a.map_units):
+            m = a.maps[unit][i, k]
+            # One symmetric scale per unit across the scales, so rows compare; 0 is white.
+            vmax = float(np.abs(a.maps[unit][i]).max()) or 1.0
+            ax = fig.add_subplot(n_scales, 1 + n_maps, k * (1 + n_maps) + 2 + j)
+            ax.imshow(gray, cmap="gray", extent=(0, w, h, 0))
+            ax.imshow(m, cmap="RdBu_r", vmin=-vmax, vmax=vmax, alpha=0.6, extent=(0, w, h, 0),
+                      interpolation="bilinear")
+            d = diffs[k, a.units.index(unit)]
+            ax.set_title(f"{paper_name(unit)} {m.shape[0]}x{m.shape[1]}\ndiff {d:+.3f}, |map|<={vmax:.2g}",
+                         fontsize=7)
+            ax.axis("off")
+    label = "" if a.labels[i] is None else f" (class {a.labels[i]})"
+    fig.suptitle(f"{a.images[i].name}{label}: red = large kernel contributes more, blue = small" + a.note,
+                 fontsize=8)
+    fig.tight_layout()
+    _save(fig, path, dpi)
+
+
+def map_file_names(images):
+    """``<stem>.png`` per image, numbered where two images share a stem."""
+    stems = [Path(p).stem for p in images]
+    return [f"{s}.png" if stems.count(s) == 1 else f"{s}_{i}.png" for i, s in enumerate(stems)]
+
+
+def summary(a):
+    """Per unit: mean difference at each scale over the images, and how many images rose."""
+    diffs = a.diffs
+    lines = [f"{'unit':<18}{'paper':<8}" + "".join(f"{f'{s:g}x':>10}" for s in a.scales)
+             + ("   rose 1st->last" if len(a.scales) > 1 else "")]
+    for j, unit in enumerate(a.units):
+        row = f"{unit:<18}{paper_name(unit):<8}" + "".join(f"{diffs[:, k, j].mean():>+10.4f}"
+                                                             for k in range(len(a.scales)))
+        if len(a.scales) > 1:
+            row += f"   {int((diffs[:, -1, j] > diffs[:, 0, j]).sum())}/{len(a.images)}"
+        lines.append(row)
+    return "\n".join(lines)
