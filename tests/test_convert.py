@@ -1,0 +1,473 @@
+"""Checkpoint conversion: layouts against timm's/mindcv's real key lists, bit-exact round
+trips, equal outputs on both backends, optimizer state, and refusal of bad input."""
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ALL_MODELS, images
+from sknet import get_spec
+from sknet import checkpoint as ckpt
+from sknet.cli import main
+from sknet.convert import convert, detect_model, export, layout_tensors
+from sknet.errors import CheckpointError
+from sknet.layouts import detect_scheme, entries
+from sknet.params import tensor_specs
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# Key lists with shapes dumped from timm 1.0.31's and mindcv 0.3.0's own models (copies of
+# ../shared/reference): the independent reference for our layouts.
+REFERENCE = FIXTURES / "reference"
+
+
+def random_state(spec, seed=0):
+    """Every tensor random (BN statistics too, variances positive), so a swapped or dropped one shows."""
+    rng = np.random.default_rng(seed)
+    state = {}
+    for name, shape, _, _ in tensor_specs(spec):
+        arr = rng.standard_normal(shape, dtype=np.float32)
+        state[name] = np.abs(arr) + np.float32(0.5) if name.endswith("running_var") else arr
+    return state
+
+
+def random_tracked(spec, seed=0):
+    rng = np.random.default_rng(seed)
+    return {n[: -len(".weight")]: int(rng.integers(1, 10_000)) for n, _, k, _ in tensor_specs(spec)
+            if k == "bn" and n.endswith(".weight")}
+
+
+def read_reference(path):
+    """[(name, shape)] from a timm keys file ('name (a, b)') or a mindcv params file (tab-separated)."""
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, shape = re.split(r"[ \t]", line, maxsplit=1)
+        shape = shape.split("\t")[0]
+        out.append((name, tuple(int(x) for x in re.findall(r"\d+", shape))))
+    return out
+
+
+def same_state(a, b):
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert a[k].tobytes() == b[k].tobytes(), k  # bits, not values
+
+
+# ---------------------------------------------------------------- layouts
+
+
+@pytest.mark.parametrize("model,scheme,filename", [
+    ("skresnet18", "torch", "timm-skresnet18-keys.txt"),
+    ("skresnext50_32x4d", "torch", "timm-skresnext50_32x4d-keys.txt"),
+    ("mindcv_skresnet18", "mindcv", "mindcv-skresnet18-params.txt"),
+    ("mindcv_skresnext50_32x4d", "mindcv", "mindcv-skresnext50_32x4d-params.txt"),
+])
+def test_layouts_generate_the_libraries_own_key_lists(model, scheme, filename):
+    path = REFERENCE / filename
+    expected = read_reference(path)
+    got = [(e.name, tuple(e.shape)) for e in entries(get_spec(model), scheme)]
+    assert got == expected  # names, shapes and the library's own order
+    if scheme == "mindcv":  # the dump says which are trainable: BN moving statistics are not
+        flags = [line.endswith("True") for line in path.read_text().splitlines() if line and line[0] != "#"]
+        assert [e.trainable for e in entries(get_spec(model), scheme)] == flags
+
+
+def test_schemes_are_the_backends_own_names(torch, pynative):
+    import backends.mindspore as bm
+    import backends.torch as bt
+    from backends.mindspore.names import name_map
+
+    spec = get_spec("skresnet18")
+    assert [e.name for e in entries(spec, "torch")] == list(bt.build(spec).state_dict())
+    ms_names = [e.name for e in entries(spec, "mindspore")]
+    assert sorted(ms_names) == sorted(p.name for p in bm.build(spec).get_parameters())
+    assert sorted(ms_names) == sorted(name_map(spec).values())
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_scheme_and_model_are_detected_for_every_shipped_model(name):
+    spec = get_spec(name)
+    state = random_state(spec)
+    for scheme in ("torch", "mindspore", "mindcv"):
+        raw = ckpt.RawCheckpoint("mem", "safetensors", layout_tensors(spec, scheme, state))
+        assert detect_scheme(raw.tensors) == scheme
+        found = detect_model(raw, scheme)
+        assert [e.name for e in entries(found, scheme)] == list(raw.tensors)
+        # Twins (skresnet18 / mindcv_skresnet18) share tensors: mindcv names go to the mindcv model.
+        if name.startswith("mindcv_") or scheme != "mindcv":
+            twin = {"mindcv_skresnet18": "skresnet18"}.get(name, name) if scheme != "mindcv" else name
+            assert found.name in (name, twin)
+
+
+def test_a_fine_tuned_head_and_stem_are_fitted():
+    spec = get_spec("skresnet18").replace(num_classes=10, in_chans=1)
+    raw = ckpt.RawCheckpoint("mem", "torch", layout_tensors(spec, "torch", random_state(spec)))
+    found = detect_model(raw, "torch")
+    assert (found.name, found.num_classes, found.input.in_chans) == ("skresnet18", 10, 1)
+
+
+# ---------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_round_trip_bit_exact_torch_safetensors_every_layout(name, tmp_path, torch):
+    """Every shipped model: .pth -> safetensors in each layout -> .pth gives back the same bits."""
+    spec = get_spec(name)
+    state, tracked = random_state(spec, 1), random_tracked(spec, 1)
+    src = export(spec, state, tmp_path / "a.pth", layout="timm", tracked=tracked)
+    convert(src, tmp_path / "native.safetensors")
+    convert(tmp_path / "native.safetensors", tmp_path / "timm.safetensors", layout="timm")
+    convert(tmp_path / "timm.safetensors", tmp_path / "b.pth")
+    same_state(ckpt.read(src).tensors, ckpt.read(tmp_path / "b.pth").tensors)  # tracked counts too
+    convert(tmp_path / "native.safetensors", tmp_path / "mindcv.safetensors", layout="mindcv")
+    convert(tmp_path / "mindcv.safetensors", tmp_path / "c.pth", layout="timm")
+    same_state(state, ckpt.read_canonical(tmp_path / "mindcv.safetensors", spec))
+    same_state(state, ckpt.read_canonical(tmp_path / "c.pth", spec))
+
+
+# MindSpore's .ckpt on the models whose trees differ (basic / grouped bottleneck / mindcv's
+# dense bottleneck without first ReLU); the names come from the same code for every model.
+@pytest.mark.parametrize("name", ["sknet_small", "skresnet18", "mindcv_skresnext50_32x4d"])
+def test_round_trip_bit_exact_through_mindspore_every_layout(name, tmp_path, torch, ms):
+    spec = get_spec(name)
+    state, tracked = random_state(spec, 2), random_tracked(spec, 2)
+    src = export(spec, state, tmp_path / "a.pth", tracked=tracked)
+    convert(src, tmp_path / "native.ckpt")
+    convert(tmp_path / "native.ckpt", tmp_path / "mindcv.ckpt", layout="mindcv")
+    convert(tmp_path / "mindcv.ckpt", tmp_path / "timm.ckpt", layout="timm")
+    convert(tmp_path / "timm.ckpt", tmp_path / "m.safetensors", layout="mindcv")
+    convert(tmp_path / "m.safetensors", tmp_path / "b.pth")
+    names = ckpt.read(tmp_path / "native.ckpt").tensors
+    assert list(names) == [e.name for e in entries(spec, "mindspore")]
+    for f in ("native.ckpt", "mindcv.ckpt", "timm.ckpt", "m.safetensors", "b.pth"):
+        same_state(state, ckpt.read_canonical(tmp_path / f, spec))
+    # num_batches_tracked survives where the layout has it (timm names, even in a .ckpt) ...
+    timm = ckpt.read(tmp_path / "timm.ckpt").tensors
+    back = ckpt.read(tmp_path / "b.pth").tensors
+    bn = next(iter(tracked))
+    assert int(ckpt.read(src).tensors[f"{bn}.num_batches_tracked"]) == tracked[bn]
+    # ... and MindSpore's and mindcv's names have no place for it: it restarts at 0.
+    assert int(timm[f"{bn}.num_batches_tracked"]) == 0 == int(back[f"{bn}.num_batches_tracked"])
+    direct = tmp_path / "direct.safetensors"
+    convert(src, direct)
+    assert int(ckpt.read(direct).tensors[f"{bn}.num_batches_tracked"]) == tracked[bn]
+
+
+def test_a_cell_saved_by_mindspore_itself_converts(tmp_path, torch, pynative):
+    import backends.mindspore as bm
+
+    ms = pynative
+    spec = get_spec("sknet_small")
+    net = bm.build(spec)
+    bm.load_canonical(net, random_state(spec, 3))
+    ms.save_checkpoint(net, str(tmp_path / "own.ckpt"))
+    report = convert(tmp_path / "own.ckpt", tmp_path / "own.pth")
+    assert report.model == "sknet_small" and report.src_scheme == "mindspore"
+    same_state(bm.to_canonical(net), ckpt.read_canonical(tmp_path / "own.pth", spec))
+
+
+# ---------------------------------------------------------------- equal outputs
+
+
+def _bn_state_model(spec, seed):
+    """Random weights and statistics scaled so activations stay O(1) through the depth."""
+    import backends.torch as bt
+
+    model = bt.build(spec, seed=seed)
+    rng = np.random.default_rng(seed)
+    state = bt.to_canonical(model)
+    for k, v in state.items():
+        if k.endswith(("running_mean", ".bias")):
+            state[k] = (0.1 * rng.standard_normal(v.shape)).astype(np.float32)
+        elif k.endswith("running_var") or (k.endswith(".weight") and v.ndim == 1):
+            state[k] = rng.uniform(0.5, 1.5, v.shape).astype(np.float32)
+    return state
+
+
+def test_timm_layout_file_gives_the_torch_models_outputs_on_both_backends(tmp_path, torch, pynative):
+    import sknet
+
+    ms = pynative
+    spec = get_spec("skresnet18")
+    state = _bn_state_model(spec, 5)
+    timm_file = export(spec, state, tmp_path / "timm.pth", layout="timm")
+    reference = sknet.create_model(spec, "torch", checkpoint=timm_file).eval()  # what timm's keys load into
+    x = images(spec, 2, size=64)
+    with torch.no_grad():
+        ref = reference(torch.from_numpy(x)).numpy()
+    convert(timm_file, tmp_path / "ours.ckpt")
+    convert(timm_file, tmp_path / "ours.pth")
+    model = sknet.create_model("skresnet18", "torch", checkpoint=tmp_path / "ours.pth").eval()
+    net = sknet.create_model("skresnet18", "mindspore", checkpoint=tmp_path / "ours.ckpt")
+    net.set_train(False)
+    with torch.no_grad():
+        assert np.array_equal(model(torch.from_numpy(x)).numpy(), ref)
+    out = net(ms.Tensor(x)).asnumpy()
+    # fp32 parity across frameworks, relative to the largest logit (as in test_backends).
+    assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert np.abs(ref).max() > 1e-2  # logits are not all ~0, so the comparison means something
+
+
+def test_mindcv_layout_file_gives_the_same_outputs_on_both_backends(tmp_path, torch, pynative):
+    import backends.mindspore as bm
+    import sknet
+
+    ms = pynative
+    spec = get_spec("mindcv_skresnet18")
+    state = _bn_state_model(spec, 6)
+    mindcv_file = export(spec, state, tmp_path / "mindcv.ckpt", layout="mindcv")
+    assert "classifier.weight" in ckpt.read(mindcv_file).tensors
+    reference = bm.build(spec)  # the MindSpore cell mindcv's names load into
+    bm.load_canonical(reference, state)
+    reference.set_train(False)
+    x = images(spec, 2, size=64)
+    ref = reference(ms.Tensor(x)).asnumpy()
+    convert(mindcv_file, tmp_path / "ours.pth")
+    convert(mindcv_file, tmp_path / "ours.ckpt")
+    assert convert(mindcv_file, tmp_path / "x.pth").model == "mindcv_skresnet18"
+    net = sknet.create_model("mindcv_skresnet18", "mindspore", checkpoint=tmp_path / "ours.ckpt")
+    net.set_train(False)
+    assert np.array_equal(net(ms.Tensor(x)).asnumpy(), ref)
+    model = sknet.create_model("mindcv_skresnet18", "torch", checkpoint=tmp_path / "ours.pth").eval()
+    with torch.no_grad():
+        out = model(torch.from_numpy(x)).numpy()
+    assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert np.abs(ref).max() > 1e-2
+
+
+# ---------------------------------------------------------------- optimizer state
+
+
+def _torch_training_checkpoint(spec, path, torch, steps=2, recipe=None):
+    """A few SGD steps of sknet_small saved as the trainers do; with ``recipe``, grouped as they group."""
+    import backends.torch as bt
+    from sknet.convert import recipe_groups
+
+    torch.manual_seed(0)
+    model = bt.build(spec, seed=0)
+    if recipe:
+        named = dict(model.named_parameters())
+        opt = torch.optim.SGD([dict(hyper, params=[named[n] for n in names])
+                               for hyper, names in recipe_groups(spec, recipe)])
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    x = torch.from_numpy(images(spec, 4, seed=1))
+    y = torch.tensor([0, 1, 2, 3])
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 1, "step": steps,
+                "recipe": recipe or "none"}, path)
+    return model, opt, (x, y)
+
+
+def test_grouped_optimizer_state_round_trips_and_resumes_identically(tmp_path, torch, ms):
+    """torch -> MindSpore -> torch with the recipe's decay/no-decay groups, then one more step."""
+    import backends.torch as bt
+
+    spec, recipe = get_spec("sknet_small"), "fashion_mnist_small"
+    src = tmp_path / "train.pth"
+    model, opt, (x, y) = _torch_training_checkpoint(spec, src, torch, recipe=recipe)
+    assert len(opt.param_groups) == 2  # ids are then not model.parameters() order
+    convert(src, tmp_path / "train.ckpt", with_optimizer=True)
+    raw = ckpt.read(tmp_path / "train.ckpt")
+    assert raw.scalars["epoch"] == 1 and raw.scalars["step"] == 2
+    buffers = {n: opt.state[p]["momentum_buffer"].numpy() for n, p in model.named_parameters()}
+    ms_names = {e.canonical: e.name for e in entries(spec, "mindspore")}
+    assert set(raw.optimizer) == {ms_names[n] for n in buffers}
+    for n, buf in buffers.items():
+        assert raw.optimizer[ms_names[n]].tobytes() == buf.tobytes(), n
+    convert(tmp_path / "train.ckpt", tmp_path / "back.pth", with_optimizer=True, recipe=recipe)
+    back = torch.load(tmp_path / "back.pth", weights_only=True)
+    assert (back["epoch"], back["step"], back["recipe"]) == (1, 2, recipe)
+
+    # Resume from the round-tripped file: one more step equals one more step of the original run.
+    resumed = bt.build(spec, seed=9)
+    bt.load_canonical(resumed, bt.to_canonical(back["model"]))
+    named = dict(resumed.named_parameters())
+    from sknet.convert import recipe_groups
+    ropt = torch.optim.SGD([dict(h, params=[named[n] for n in names]) for h, names in recipe_groups(spec, recipe)])
+    ropt.load_state_dict(back["optimizer"])
+    for m, o in ((model, opt), (resumed, ropt)):
+        o.zero_grad()
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+        o.step()
+    for (n, a), b in zip(model.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), n
+
+
+def test_momentum_lands_in_mindspores_own_optimizer(tmp_path, torch, pynative):
+    """The converted accumulators load by name into nn.Momentum over our MindSpore cell."""
+    import backends.mindspore as bm
+
+    ms = pynative
+    spec = get_spec("sknet_small")
+    _, opt, _ = _torch_training_checkpoint(spec, tmp_path / "train.pth", torch, steps=1)
+    convert(tmp_path / "train.pth", tmp_path / "train.ckpt", with_optimizer=True)
+    net = bm.build(spec)
+    optimizer = ms.nn.Momentum(net.trainable_params(), learning_rate=0.05, momentum=0.9)
+    params = ms.load_checkpoint(str(tmp_path / "train.ckpt"))
+    not_loaded, _ = ms.load_param_into_net(optimizer, params)
+    assert not [n for n in not_loaded if n.startswith("moments.")]
+    buffers = [v["momentum_buffer"].numpy() for v in opt.state_dict()["state"].values()]
+    assert len(optimizer.moments) == len(buffers)
+    for moment, buf in zip(optimizer.moments, buffers):
+        assert np.array_equal(moment.asnumpy(), buf)
+    assert int(optimizer.global_step.asnumpy()[0]) == 1
+
+
+def test_with_optimizer_on_a_weights_only_file_is_refused(tmp_path, torch):
+    spec = get_spec("sknet_small")
+    src = export(spec, random_state(spec), tmp_path / "w.pth")
+    with pytest.raises(CheckpointError, match="no optimizer state"):
+        convert(src, tmp_path / "w.ckpt", with_optimizer=True)
+    assert not (tmp_path / "w.ckpt").exists()
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def cli(capsys, *argv):
+    rc = main(["convert", *map(str, argv)])
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def assert_refused(rc, err, dst, *needles):
+    assert rc == 2
+    assert len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    assert not Path(dst).exists()
+    assert not [p for p in Path(dst).parent.iterdir() if ".tmp" in p.name]
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path, capsys, torch):
+    class Payload:
+        def __init__(self, target):
+            self.target = target
+
+        def __reduce__(self):
+            return open, (str(self.target), "w")  # unpickling creates the file
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": {"conv1.weight": torch.zeros(1)}, "x": Payload(tmp_path / "pwned")}, evil)
+    dst = tmp_path / "out.ckpt"
+    rc, err = cli(capsys, evil, dst)
+    assert_refused(rc, err, dst, "evil.pth", "refused", "io.open")
+    assert not (tmp_path / "pwned").exists()
+    # The payload is real: plain unpickling of the same bytes does create the file.
+    control = tmp_path / "control.pth"
+    torch.save({"x": Payload(tmp_path / "control-ran")}, control)
+    with zipfile.ZipFile(control) as z:
+        pickle.loads(z.read(next(n for n in z.namelist() if n.endswith("data.pkl"))))
+    assert (tmp_path / "control-ran").exists()
+
+
+@pytest.fixture
+def small_file(tmp_path, torch):
+    spec = get_spec("sknet_small")
+    return spec, export(spec, random_state(spec), tmp_path / "small.pth")
+
+
+@pytest.mark.parametrize("fmt", [".pth", ".safetensors", ".ckpt"])
+def test_truncated_file(fmt, small_file, tmp_path, capsys):
+    if fmt == ".ckpt":
+        pytest.importorskip("mindspore")
+    spec, src = small_file
+    full = tmp_path / f"full{fmt}"
+    convert(src, full)
+    cut = tmp_path / f"cut{fmt}"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    dst = tmp_path / "out" / "dst.pth"
+    dst.parent.mkdir()
+    rc, err = cli(capsys, cut, dst)
+    assert_refused(rc, err, dst, f"cut{fmt}", "truncated")
+
+
+def _edited(small_file, tmp_path, edit):
+    spec, src = small_file
+    tensors = ckpt.read(src).tensors
+    edit(tensors)
+    path = tmp_path / "edited.safetensors"
+    ckpt.write(path, tensors)
+    return path
+
+
+def test_missing_keys(small_file, tmp_path, capsys):
+    drop = ["layer2.0.conv1.attn.bn.running_var", "fc.bias"]
+    src = _edited(small_file, tmp_path, lambda t: [t.pop(k) for k in drop])
+    dst = tmp_path / "dst.ckpt"
+    rc, err = cli(capsys, src, dst, "--model", "sknet_small")
+    assert_refused(rc, err, dst, "edited.safetensors", "2 missing: layer2.0.conv1.attn.bn.running_var, fc.bias")
+    rc, err = cli(capsys, src, dst)  # without --model: names the closest model and the same keys
+    assert_refused(rc, err, dst, "closest: 'sknet_small'", "2 missing")
+
+
+def test_unexpected_keys(small_file, tmp_path, capsys):
+    def add(t):
+        for i in range(5):
+            t[f"extra.{i}.weight"] = np.zeros(3, np.float32)
+
+    src = _edited(small_file, tmp_path, add)
+    dst = tmp_path / "dst.pth"
+    rc, err = cli(capsys, src, dst, "--model", "sknet_small")
+    assert_refused(rc, err, dst, "5 unexpected: extra.0.weight, extra.1.weight, extra.2.weight (+2 more)")
+
+
+def test_shape_mismatch(small_file, tmp_path, capsys):
+    def bad(t):
+        t["layer1.0.conv2.conv.weight"] = t["layer1.0.conv2.conv.weight"][:, :16].copy()
+
+    src = _edited(small_file, tmp_path, bad)
+    dst = tmp_path / "dst.pth"
+    rc, err = cli(capsys, src, dst, "--model", "sknet_small")
+    assert_refused(rc, err, dst, "1 shape mismatch: layer1.0.conv2.conv.weight (32, 16, 3, 3) vs (32, 32, 3, 3)")
+
+
+def test_wrong_model(small_file, tmp_path, capsys):
+    _, src = small_file
+    dst = tmp_path / "dst.pth"
+    rc, err = cli(capsys, src, dst, "--model", "skresnet18")
+    assert_refused(rc, err, dst, "does not fit model 'skresnet18'", "missing", "shape mismatch")
+
+
+def test_unreadable_and_unknown(tmp_path, capsys):
+    dst = tmp_path / "dst.pth"
+    rc, err = cli(capsys, tmp_path / "nope.pth", dst)
+    assert_refused(rc, err, dst, "nope.pth: no such file")
+    (tmp_path / "notes.txt").write_text("hello")
+    rc, err = cli(capsys, tmp_path / "notes.txt", dst)
+    assert_refused(rc, err, dst, "unknown checkpoint format '.txt'")
+    (tmp_path / "text.pth").write_text("hello")
+    rc, err = cli(capsys, tmp_path / "text.pth", dst)
+    assert_refused(rc, err, dst, "text.pth: cannot read as a PyTorch checkpoint")
+
+
+def test_a_failed_write_leaves_the_old_destination_and_no_temp_file(small_file, tmp_path, monkeypatch):
+    _, src = small_file
+    dst = tmp_path / "dst.safetensors"
+    dst.write_bytes(b"previous")
+
+    def half_then_fail(tmp, *args):
+        Path(tmp).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "_write_safetensors", half_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        convert(src, dst)
+    assert dst.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+
+
+def test_cli_prints_what_it_did(small_file, tmp_path, capsys):
+    _, src = small_file
+    assert main(["convert", str(src), str(tmp_path / "x.safetensors"), "--layout", "mindcv"]) == 0
+    out = capsys.readouterr().out
+    assert "sknet_small" in out and "mindcv names" in out and "x.safetensors" in out
