@@ -275,8 +275,18 @@ def _figure(width, height):
     return fig
 
 
-def _save(fig, path, dpi):
-    _atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi), binary=True)
+def _save(fig, path, dpi, palette=False):
+    """PNG of ``fig``; ``palette``: 256 adaptive colours, a quarter of the bytes for figures of photos."""
+    if not palette:
+        _atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi), binary=True)
+        return
+    from PIL import Image
+
+    fig.set_dpi(dpi)
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+    img = Image.fromarray(np.ascontiguousarray(rgb)).quantize(256, method=Image.Quantize.FASTOCTREE)
+    _atomic(path, lambda f: img.save(f, format="PNG", optimize=True), binary=True)
 
 
 def plot_differences(a, path, dpi=100):
@@ -332,7 +342,7 @@ def plot_maps(a, i, path, dpi=80):
     fig.suptitle(f"{a.images[i].name}{label}: red = large kernel contributes more, blue = small" + a.note,
                  fontsize=8)
     fig.tight_layout()
-    _save(fig, path, dpi)
+    _save(fig, path, dpi, palette=True)
 
 
 def map_file_names(images):
