@@ -18,18 +18,44 @@ def _dims(value_info):
             for d in value_info.type.tensor_type.shape.dim]
 
 
+def _spatial_known(dims):
+    return dims is not None and len(dims) > 2 and all(d is not None for d in dims[2:])
+
+
+def _observed_shapes(model, names):
+    """Shapes of ``names`` seen by running the graph once on zeros, for exporters' graphs that
+    compute split sizes at run time (PyTorch's chunk), which static inference cannot follow."""
+    from onnx import TensorProto, helper
+
+    from .runtime import session
+
+    probe = type(model)()
+    probe.CopyFrom(model)
+    for name in names:
+        probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    inp = probe.graph.input[0]
+    dims = _dims(inp)
+    if not all(d is not None for d in dims[1:]):
+        raise ValueError(f"input '{inp.name}' {dims}: build the graph with a fixed image size to count MACs")
+    sess = session(probe)
+    outs = sess.run(names, {inp.name: np.zeros([dims[0] or 1, *dims[1:]], np.float32)})
+    return {name: list(o.shape) for name, o in zip(names, outs)}
+
+
 def graph_stats(model):
     """{"nodes", "ops", "macs", "params"}: MACs per image of every Conv and Gemm, as the spec counts them."""
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     g = inferred.graph
     shapes = {vi.name: _dims(vi) for vi in [*g.value_info, *g.input, *g.output]}
     inits = {t.name: tuple(t.dims) for t in g.initializer}
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    unknown = [n.output[0] for n in convs if not _spatial_known(shapes.get(n.output[0]))]
+    if unknown:
+        shapes.update(_observed_shapes(model, unknown))
     macs = 0
     for n in g.node:
         if n.op_type == "Conv":
-            out = shapes.get(n.output[0])
-            if out is None or any(d is None for d in out[2:]):
-                raise ValueError(f"{n.name}: output shape unknown; build the graph with a fixed image size")
+            out = shapes[n.output[0]]
             w = inits[n.input[1]]
             macs += int(np.prod(out[2:])) * int(np.prod(w))
         elif n.op_type == "Gemm":

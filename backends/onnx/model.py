@@ -37,13 +37,13 @@ def check_opset(opset):
                          f"(the onnx package {onnx.__version__} knows up to {top})")
 
 
-def build_model(spec, tensors, fuse_bn=False, opset=17, dynamic_batch=True, batch=1, size=None,
-                dynamic_size=False):
+def build_model(spec, tensors, fuse_bn=False, opset=17, dynamic_batch=True, batch=1, size=None):
     """The ONNX ``ModelProto`` of ``spec`` holding the canonical ``tensors`` (eval mode, fp32).
 
     Input ``input`` (N, C, H, W), output ``logits`` (N, classes). N is the symbol 'batch'
-    when ``dynamic_batch`` else ``batch``; H = W = ``size`` (default the spec's), or the
-    symbols 'height'/'width' with ``dynamic_size``. ``fuse_bn`` folds every BN into its conv.
+    when ``dynamic_batch`` else ``batch``; H and W are the
+    symbols 'height'/'width' without ``size`` (every op here takes any size), else ``size``.
+    ``fuse_bn`` folds every BN into its conv.
     """
     check_opset(opset)
     check_tensors(spec, tensors)
@@ -65,7 +65,7 @@ def build_model(spec, tensors, fuse_bn=False, opset=17, dynamic_batch=True, batc
     g.nodes.append(onnx.helper.make_node("Gemm", [x, g.weight("fc.weight"), g.weight("fc.bias")],
                                          [OUTPUT], name="fc", transB=1))
     n = "batch" if dynamic_batch else batch
-    hw = ["height", "width"] if dynamic_size else [size or spec.input.size] * 2
+    hw = [size, size] if size else ["height", "width"]
     inp = tensor_info(INPUT, [n, spec.input.in_chans, *hw])
     out = tensor_info(OUTPUT, [n, spec.num_classes])
     meta = {"sknet.model": spec.name, "sknet.fuse_bn": fuse_bn,
@@ -92,8 +92,7 @@ class OnnxModel:
     @property
     def proto(self):
         if self._proto is None:
-            self._proto = build_model(self.spec, self.tensors, self.fuse_bn, self.opset,
-                                      dynamic_batch=True, dynamic_size=True)
+            self._proto = build_model(self.spec, self.tensors, self.fuse_bn, self.opset, dynamic_batch=True)
         return self._proto
 
     def __call__(self, x):
@@ -124,4 +123,5 @@ def to_canonical(model):
 
 def count_trainable(model):
     """Learned parameters as the graph holds them: Conv/Gemm weights and biases, BN scales and shifts."""
-    return graph_stats(build_model(model.spec, model.tensors, model.fuse_bn, model.opset))["params"]
+    proto = build_model(model.spec, model.tensors, model.fuse_bn, model.opset, size=model.spec.input.size)
+    return graph_stats(proto)["params"]
