@@ -257,3 +257,19 @@ def test_cli_export_failures_write_nothing(tmp_path, torch, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["export", "sknet_small", "-o", str(out), "--opset", "12"]) == 2
     assert list(tmp_path.iterdir()) == [bad]
+
+
+def test_info_reports_the_graphs_own_counts(capsys):
+    from sknet.cli import main
+
+    assert main(["info", "skresnet18", "--backend", "onnx", "--size", "96", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    g = info["onnx_graph"]
+    # Counted by hand: an SK unit with 2 branches and split input is split + 2 x conv-bn-relu
+    # + fuse add + attention (pool, conv, bn, relu, conv, reshape, softmax) + split + 2 x
+    # (squeeze, mul) + add = 21 nodes; a basic block adds conv-bn, add, relu (25), 3 downsamples
+    # 2 each; stem 4 (conv, bn, relu, pool), head 3 (pool, flatten, gemm): 8 x 25 + 6 + 4 + 3
+    # = 213, less the 36 BN nodes when folded.
+    assert (g["nodes"], g["nodes_fused_bn"]) == (213, 177)
+    assert g["macs"] == info["macs"] == count_macs(get_spec("skresnet18"), 96)
+    assert info["backend_params"] == g["params"] == REFERENCE_PARAMS["skresnet18"]

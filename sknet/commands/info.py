@@ -25,6 +25,21 @@ def backend_params(backend, spec):
     return module.count_trainable(module.build(spec))
 
 
+def onnx_graph(spec, size=None):
+    """Nodes, operators and MACs that the spec-built ONNX graph itself holds (counted from its
+    Conv/Gemm nodes and ONNX's shape inference, independently of sknet.tree), BN kept and folded."""
+    from backends.onnx import build_model, graph_stats
+
+    from ..params import init_state
+
+    tensors = init_state(spec)
+    size = size or spec.input.size
+    kept = graph_stats(build_model(spec, tensors, dynamic_batch=False, size=size))
+    fused = graph_stats(build_model(spec, tensors, fuse_bn=True, dynamic_batch=False, size=size))
+    return {"nodes": kept["nodes"], "nodes_fused_bn": fused["nodes"], "macs": kept["macs"],
+            "params": kept["params"], "ops": kept["ops"]}
+
+
 def describe(spec, size=None):
     units = sk_units(spec, size)
     stages = []
@@ -47,6 +62,8 @@ def run(args):
     if args.backend:
         info["backend"] = args.backend
         info["backend_params"] = backend_params(args.backend, spec)
+        if args.backend == "onnx":
+            info["onnx_graph"] = onnx_graph(spec, args.size)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -55,6 +72,10 @@ def run(args):
           f"{info['sk_units']} SK units, branches (kernel, dilation) {info['branches']}")
     if args.backend:
         print(f"  built on {args.backend}: {info['backend_params']:,} trainable parameters")
+        if "onnx_graph" in info:
+            g = info["onnx_graph"]
+            print(f"  ONNX graph from the spec: {g['nodes']} nodes ({g['nodes_fused_bn']} with BN folded), "
+                  f"{g['macs'] / 1e9:.4f} GMACs counted from its Conv/Gemm nodes")
     for st in info["stages"]:
         print(f"  {st['name']}: {st['depth']} blocks, stride {st['stride']}, SK width {st['sk_width']} "
               f"(d = {st['attn_width']}), out {st['out_channels']} @ {st['out_size'][0]}x{st['out_size'][1]}")
