@@ -1,0 +1,83 @@
+"""What the parity checks run on the MindSpore side, mirroring ``backends.torch.probe``.
+
+Everything here runs in whichever mode (PYNATIVE or GRAPH) the caller set with
+``mindspore.set_context``, except ``capture``, whose forward hooks exist only in PYNATIVE.
+Names going in and out are canonical; ``names.name_map`` translates.
+"""
+import mindspore as ms
+import numpy as np
+from mindspore import nn
+
+from .model import SKNet
+from .names import load_canonical, name_map, to_canonical
+
+DTYPES = {"float32": ms.float32, "float16": ms.float16}
+
+
+def build(spec, state, dtype="float32"):
+    net = SKNet(spec)
+    load_canonical(net, state)
+    if dtype != "float32":
+        net.to_float(DTYPES[dtype])
+    return net
+
+
+def forward(net, x, train=False):
+    net.set_train(train)
+    out = net(ms.Tensor(x))
+    return out.asnumpy(), to_canonical(net)
+
+
+def loss_fn(label_smoothing=0.0):
+    return nn.CrossEntropyLoss(reduction="mean", label_smoothing=label_smoothing)
+
+
+def _canonical_names(net):
+    return {m: c for c, m in name_map(net.spec).items()}
+
+
+def grads(net, x, y):
+    """(loss, {canonical name: d loss / d param}) through ``nn.ForwardValueAndGrad``."""
+    net.set_train(True)
+    weights = ms.ParameterTuple(net.trainable_params())
+    step = nn.ForwardValueAndGrad(nn.WithLossCell(net, loss_fn()), weights=weights, get_by_list=True)
+    step.set_train(True)
+    loss, gs = step(ms.Tensor(x), ms.Tensor(y.astype(np.int32)))
+    names = _canonical_names(net)
+    return float(loss.asnumpy()), {names[w.name]: g.asnumpy() for w, g in zip(weights, gs)}
+
+
+def sgd(net, batches, lrs, weight_decay, momentum, nesterov, label_smoothing):
+    """``nn.Momentum`` with a per-step learning-rate list and per-tensor weight decay groups."""
+    names = _canonical_names(net)
+    groups = {}
+    for p in net.trainable_params():
+        groups.setdefault(weight_decay[names[p.name]], []).append(p)
+    lr = ms.Tensor(np.asarray(lrs, np.float32))
+    opt = nn.Momentum([{"params": ps, "weight_decay": wd} for wd, ps in groups.items()],
+                      learning_rate=lr, momentum=momentum, use_nesterov=nesterov)
+    step = nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn(label_smoothing)), opt)
+    step.set_train(True)
+    losses = [float(step(ms.Tensor(x), ms.Tensor(y.astype(np.int32))).asnumpy()) for x, y in batches]
+    return np.array(losses), to_canonical(net)
+
+
+def capture(net, x, paths):
+    """{cell path: output} of every cell in ``paths`` for one eval pass (PYNATIVE only)."""
+    if ms.get_context("mode") != ms.PYNATIVE_MODE:
+        raise RuntimeError("forward hooks need MindSpore's PYNATIVE mode")
+    net.set_train(False)
+    cells = dict(net.cells_and_names())
+    seen = {}
+    handles = []
+    for path in paths:
+        def hook(_cell, _inputs, output, path=path):
+            seen[path] = output.asnumpy()
+
+        handles.append(cells[path].register_forward_hook(hook))
+    try:
+        net(ms.Tensor(x))
+    finally:
+        for h in handles:
+            h.remove()
+    return seen

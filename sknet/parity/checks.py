@@ -1,0 +1,229 @@
+"""The cross-backend checks: the same weights and inputs on PyTorch and MindSpore.
+
+Each check builds fresh models from one canonical state (the converter's core: every
+tensor goes through ``sknet.params`` names on both sides), runs the framework-side
+code in ``backends.<framework>.probe`` and compares with PyTorch as the reference.
+Tolerances are relative to the largest magnitude of each compared tensor; docs/parity.md
+says why each is what it is.
+"""
+import math
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import numpy as np
+
+from ..errors import SKNetError
+from ..params import tensor_specs
+from .report import Result, compare, compare_many, skipped
+
+TOLERANCES = {
+    "eval": 1e-5,
+    "train": 1e-4,
+    "grad": 1e-4,
+    "steps": 1e-4,
+    # fp16 keeps 11 significant bits (unit roundoff 4.9e-4); see docs/parity.md for the measurement.
+    "fp16": 2e-2,
+    "onnx": 1e-5,
+}
+CHECKS = ("eval", "train", "grad", "steps", "fp16", "onnx")
+DEFAULT_CHECKS = ("eval", "train", "grad", "steps")
+# Warm-up, cosine decay, label smoothing and decay on BN and biases too: the most of
+# the recipe machinery that ten steps can exercise.
+DEFAULT_RECIPE = "mindcv_skresnet18"
+MODES = ("pynative", "graph")
+
+
+@dataclass(frozen=True)
+class Setup:
+    spec: object
+    state: dict                       # canonical weights both sides start from
+    ms_state: Optional[dict] = None   # MindSpore's own weights, when they come from another file
+    batch: int = 8
+    size: int = 224
+    seed: int = 0
+    mode: str = "pynative"
+    recipe: str = DEFAULT_RECIPE
+    steps: int = 10
+    floor: bool = False               # also measure PyTorch fp32 against PyTorch fp64
+
+    @property
+    def mindspore_state(self):
+        return self.state if self.ms_state is None else self.ms_state
+
+
+def inputs(spec, batch, size, seed, index=0):
+    """Batch ``index`` of standard-normal images and uniform labels, the same on both sides."""
+    rng = np.random.default_rng([seed, index])
+    x = rng.standard_normal((batch, spec.input.in_chans, size, size)).astype(np.float32)
+    y = rng.integers(0, spec.num_classes, batch).astype(np.int64)
+    return x, y
+
+
+def sides():
+    """(backends.torch.probe, backends.mindspore.probe), each framework imported now."""
+    import importlib
+
+    from .. import backend_module
+
+    backend_module("torch")
+    backend_module("mindspore")
+    return (importlib.import_module("backends.torch.probe"),
+            importlib.import_module("backends.mindspore.probe"))
+
+
+def set_mode(mode):
+    """Put MindSpore in ``mode`` on the CPU; returns the mode it was in."""
+    import mindspore as ms
+
+    if mode not in MODES:
+        raise SKNetError(f"unknown MindSpore mode '{mode}' (choose from: {', '.join(MODES)})")
+    before = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    ms.set_device("CPU")
+    return before
+
+
+def _floor(result, ref64, out32, many=False):
+    """Attach how far PyTorch fp32 itself is from fp64 on the same check: the conditioning."""
+    r = (compare_many if many else compare)("floor", ref64, out32, result.tol)
+    result.details["fp32_vs_fp64"] = r.max_rel
+    return result
+
+
+def _stats(state):
+    return {k: v for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
+
+
+def check_eval(setup, tp, mp):
+    x, _ = inputs(setup.spec, setup.batch, setup.size, setup.seed)
+    ref, _ = tp.forward(tp.build(setup.spec, setup.state), x)
+    out, _ = mp.forward(mp.build(setup.spec, setup.mindspore_state), x)
+    result = compare("eval", ref, out, TOLERANCES["eval"], note="logits, inference mode")
+    if setup.floor:
+        _floor(result, tp.forward(tp.build(setup.spec, setup.state, "float64"), x)[0], ref)
+    return [result]
+
+
+def check_train(setup, tp, mp):
+    x, _ = inputs(setup.spec, setup.batch, setup.size, setup.seed)
+    ref, ref_state = tp.forward(tp.build(setup.spec, setup.state), x, train=True)
+    out, out_state = mp.forward(mp.build(setup.spec, setup.mindspore_state), x, train=True)
+    tol = TOLERANCES["train"]
+    logits = compare("train", ref, out, tol, note="logits, BN batch statistics")
+    stats = compare_many("train.bn_stats", _stats(ref_state), _stats(out_state), tol,
+                         note="BN running mean/var after the pass")
+    if setup.floor:
+        ref64, state64 = tp.forward(tp.build(setup.spec, setup.state, "float64"), x, train=True)
+        _floor(logits, ref64, ref)
+        _floor(stats, _stats(state64), _stats(ref_state), many=True)
+    return [logits, stats]
+
+
+def check_grad(setup, tp, mp):
+    x, y = inputs(setup.spec, setup.batch, setup.size, setup.seed)
+    ref_loss, ref = tp.grads(tp.build(setup.spec, setup.state), x, y)
+    out_loss, out = mp.grads(mp.build(setup.spec, setup.mindspore_state), x, y)
+    result = compare_many("grad", ref, out, TOLERANCES["grad"], note="d CE / d every parameter, per tensor")
+    result.details["loss"] = [ref_loss, out_loss]
+    if setup.floor:
+        _floor(result, tp.grads(tp.build(setup.spec, setup.state, "float64"), x, y)[1], ref, many=True)
+    return [result]
+
+
+def sgd_plan(setup):
+    """(batches, lrs, weight decay per canonical name, momentum, nesterov, label smoothing)."""
+    from ..recipe import load_recipe
+    from ..schedule import learning_rates, weight_decay_of
+
+    recipe = load_recipe(setup.recipe)
+    # One step per epoch (at least as many as ``steps``): ten steps then walk through the
+    # first epochs of the schedule, warm-up included, instead of ten nearly equal lrs.
+    per_epoch = max(1, math.ceil(setup.steps / recipe.epochs))
+    lrs = learning_rates(recipe, per_epoch, world_size=1)[: setup.steps]
+    decay = {name: weight_decay_of(name, kind, recipe)
+             for name, _, kind, trainable in tensor_specs(setup.spec) if trainable}
+    batches = [inputs(setup.spec, setup.batch, setup.size, setup.seed, index=1 + i) for i in range(setup.steps)]
+    opt = recipe.optimizer
+    return batches, lrs, decay, opt.momentum, opt.nesterov, recipe.label_smoothing
+
+
+def check_steps(setup, tp, mp):
+    plan = sgd_plan(setup)
+    ref_losses, ref = tp.sgd(tp.build(setup.spec, setup.state), *plan)
+    out_losses, out = mp.sgd(mp.build(setup.spec, setup.mindspore_state), *plan)
+    tol = TOLERANCES["steps"]
+    what = f"{setup.steps} SGD steps of recipe {setup.recipe}"
+    losses = compare("steps.loss", ref_losses, out_losses, tol, note=f"loss at each of {what}")
+    losses.worst = f"step {int(np.argmax(np.abs(ref_losses - out_losses)))}"
+    losses.details.update(torch=ref_losses.tolist(), mindspore=out_losses.tolist(), lr=plan[1].tolist())
+    weights = compare_many("steps.weights", ref, out, tol, note=f"every tensor after {what}")
+    if setup.floor:
+        losses64, state64 = tp.sgd(tp.build(setup.spec, setup.state, "float64"), *plan)
+        _floor(losses, losses64, ref_losses)
+        _floor(weights, state64, ref, many=True)
+    return [losses, weights]
+
+
+def check_fp16(setup, tp, mp):
+    x, _ = inputs(setup.spec, setup.batch, setup.size, setup.seed)
+    ref, _ = tp.forward(tp.build(setup.spec, setup.state, "float16"), x)
+    out, _ = mp.forward(mp.build(setup.spec, setup.mindspore_state, "float16"), x)
+    result = compare("fp16", ref, out, TOLERANCES["fp16"], note="logits, inference mode, fp16 weights and activations")
+    # How far each side's fp16 is from its fp32: the cross-backend error should be of that size.
+    ref32, _ = tp.forward(tp.build(setup.spec, setup.state), x)
+    result.details["torch_fp16_vs_fp32"] = compare("", ref32, ref, 1).max_rel
+    result.details["mindspore_fp16_vs_torch_fp32"] = compare("", ref32, out, 1).max_rel
+    return [result]
+
+
+def check_onnx(setup, tp, mp):
+    tol = TOLERANCES["onnx"]
+    try:
+        import backends.onnx as bo
+    except ImportError as err:
+        return [skipped("onnx", tol, f"backends.onnx cannot be imported ({err})")]
+    if not (hasattr(bo, "build_model") and hasattr(bo, "run")):
+        return [skipped("onnx", tol, "backends.onnx has no build_model/run yet")]
+    x, _ = inputs(setup.spec, setup.batch, setup.size, setup.seed)
+    ref, _ = tp.forward(tp.build(setup.spec, setup.state), x)
+    out = bo.run(bo.build_model(setup.spec, setup.state), x)
+    return [compare("onnx", ref, out, tol, note="logits, ONNX Runtime CPU against PyTorch")]
+
+
+RUNNERS = {"eval": check_eval, "train": check_train, "grad": check_grad, "steps": check_steps,
+           "fp16": check_fp16, "onnx": check_onnx}
+
+
+def parse_checks(text):
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if names == ["all"]:
+        return CHECKS
+    unknown = [c for c in names if c not in CHECKS]
+    if unknown or not names:
+        raise SKNetError(f"unknown check '{(unknown or [text])[0]}' (choose from: {', '.join(CHECKS)}, or all)")
+    return tuple(names)
+
+
+def run_checks(setup, checks=DEFAULT_CHECKS):
+    """Every requested check on ``setup``; a list of ``Result`` rows in the order asked."""
+    tp, mp = sides()
+    before = set_mode(setup.mode)
+    try:
+        results = []
+        for name in checks:
+            results += RUNNERS[name](setup, tp, mp)
+        return results
+    finally:
+        import mindspore as ms
+
+        ms.set_context(mode=before)
+
+
+def make_setup(spec, state=None, **kwargs):
+    """A ``Setup`` whose weights are ``state`` or, by default, ``init_state(spec, seed)``."""
+    from ..params import init_state
+
+    setup = Setup(spec=spec, state=state if state is not None else {}, **kwargs)
+    if state is None:
+        setup = replace(setup, state=init_state(spec, setup.seed))
+    return setup
