@@ -176,10 +176,18 @@ class Analysis:
     small: int
     means: np.ndarray               # (N, S, U, M)
     preds: np.ndarray               # (N, S) argmax class
-    pixels: List[np.ndarray]        # per image: (S, H, W[, C]) uint8 model inputs before normalising
+    size: int                       # input size the images were enlarged to
     map_units: List[str] = field(default_factory=list)
-    maps: Dict[str, np.ndarray] = field(default_factory=dict)  # unit -> (N, S, h, w)
+    maps: Dict[str, np.ndarray] = field(default_factory=dict)  # unit -> (N, S, h, w) float32
     note: str = ""
+
+    def pixels(self, i):
+        """(S, H, W[, C]) uint8: image ``i`` as fed to the model at each scale, before normalising.
+
+        Made again from the file rather than kept, so that memory does not grow with the images.
+        """
+        img = load_image(self.images[i], self.spec)
+        return np.stack([enlarge(img, self.spec, sc, self.size) for sc in self.scales])
 
     @property
     def diffs(self):
@@ -208,19 +216,17 @@ def analyse(model, capture, spec, images, scales, size=None, map_units=None, not
     means = np.zeros((n, s, len(units), spec.sk.num_branches))
     preds = np.zeros((n, s), np.int64)
     maps = {u: [] for u in map_units}
-    pixels = []
     for i, path in enumerate(images):
         img = load_image(path, spec)
         px = np.stack([enlarge(img, spec, sc, size) for sc in scales])
         logits, rec = capture(model, np.stack([normalise(p, spec) for p in px]), set(map_units))
-        pixels.append(px)
         preds[i] = logits.argmax(axis=1)
         for j, u in enumerate(units):
             means[i, :, j] = branch_means(rec[u].weights)
         for u in map_units:
-            maps[u].append(contribution_map(rec[u].weights, rec[u].branches, large, small))
+            maps[u].append(contribution_map(rec[u].weights, rec[u].branches, large, small).astype(np.float32))
     return Analysis(spec, images, [label_from_name(p, spec.num_classes) for p in images], tuple(scales),
-                    units, branch_names(spec), large, small, means, preds, pixels, map_units,
+                    units, branch_names(spec), large, small, means, preds, size or spec.input.size, map_units,
                     {u: np.stack(v) for u, v in maps.items()}, note)
 
 
@@ -317,9 +323,9 @@ def plot_maps(a, i, path, dpi=80):
     """Image ``i`` at each scale (rows), then each map unit's large-minus-small contribution over it."""
     n_scales, n_maps = len(a.scales), len(a.map_units)
     fig = _figure(1.7 * (1 + n_maps), 1.8 * n_scales + 0.5)
-    diffs = a.diffs[i]
+    diffs, pixels = a.diffs[i], a.pixels(i)
     for k, scale in enumerate(a.scales):
-        px = a.pixels[i][k]
+        px = pixels[k]
         h, w = px.shape[:2]
         ax = fig.add_subplot(n_scales, 1 + n_maps, k * (1 + n_maps) + 1)
         ax.imshow(px, cmap="gray" if px.ndim == 2 else None)
