@@ -150,16 +150,84 @@ def _read_torch(path):
     return RawCheckpoint(path, "torch", tensors, others.get("optimizer"), scalars)
 
 
-def _read_safetensors(path):
-    from safetensors import safe_open
+class _Arena:
+    """Reads byte ranges of a file into one aligned buffer: one copy of the data in memory.
 
-    try:
-        with safe_open(path, framework="np") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # SafetensorError: header or data not what it claims
-        raise CheckpointError(f"{path}: cannot read as safetensors (truncated or not one: "
-                              f"{_one_line(err, 100)})") from None
+    Views into the page cache (mmap) would count twice at peak once a writer copies them,
+    and MindSpore's protobuf offsets leave arrays unaligned; reading each tensor once into
+    its own aligned slot avoids both.
+    """
+
+    def __init__(self, path, f, size):
+        self.path, self.f, self.size = path, f, size
+        self.spans = []  # (key, [(offset, nbytes)], dtype, shape)
+
+    def add(self, key, chunks, dtype, shape):
+        self.spans.append((key, chunks, dtype, shape))
+
+    def load(self):
+        slots, total = [], 0
+        for _, chunks, _, _ in self.spans:
+            slots.append(total)
+            total += -(-sum(n for _, n in chunks) // 64) * 64
+        arena = np.empty(total, np.uint8)
+        out = {}
+        for (key, chunks, dtype, shape), at in zip(self.spans, slots):
+            nbytes = sum(n for _, n in chunks)
+            pos = at
+            for offset, n in chunks:
+                if offset + n > self.size:
+                    raise CheckpointError(f"{self.path}: truncated: '{key}' ends at byte {offset + n} "
+                                          f"of {self.size}")
+                self.f.seek(offset)
+                if self.f.readinto(memoryview(arena[pos:pos + n])) != n:
+                    raise CheckpointError(f"{self.path}: truncated inside '{key}'")
+                pos += n
+            raw = arena[at:at + nbytes]
+            if dtype == "bfloat16":  # NumPy has no bfloat16; float32 holds each value exactly
+                value = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+            else:
+                value = raw.view(dtype)
+            out[key] = value.reshape(shape)
+        return out
+
+
+SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "bfloat16", "I64": "<i8",
+                      "I32": "<i4", "I16": "<i2", "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2",
+                      "U8": "u1", "BOOL": "?"}
+
+
+def _read_safetensors(path):
+    """safetensors: an 8-byte header length, a JSON header of dtypes/shapes/offsets, the data."""
+    import json
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise CheckpointError(f"{path}: cannot read as safetensors (truncated or not one: "
+                                  f"header of {n} bytes in a {size}-byte file)")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as err:
+            raise CheckpointError(f"{path}: cannot read as safetensors (bad header: {_one_line(err, 80)})") from None
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{path}: cannot read as safetensors (header is not a mapping)")
+        meta = header.pop("__metadata__", None) or {}
+        arena = _Arena(path, f, size)
+        try:
+            for key, info in header.items():
+                begin, stop = info["data_offsets"]
+                dtype = SAFETENSORS_DTYPES[info["dtype"]]
+                shape = tuple(int(d) for d in info["shape"])
+                itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+                if stop - begin != int(np.prod(shape, dtype=np.int64)) * itemsize or begin < 0:
+                    raise CheckpointError(f"{path}: '{key}': {stop - begin} bytes for shape {shape}")
+                arena.add(key, [(8 + n + begin, stop - begin)], dtype, shape)
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: cannot read as safetensors (bad entry: {_one_line(err, 80)})") from None
+        tensors = arena.load()
     moments = {k[len(MOMENTS):]: tensors.pop(k) for k in list(tensors) if k.startswith(MOMENTS)}
     scalars = {}
     for key in ("epoch", "step"):
@@ -173,17 +241,135 @@ def _read_safetensors(path):
     return RawCheckpoint(path, "safetensors", tensors, moments or None, scalars)
 
 
-def _read_mindspore(path):
-    import mindspore as ms
+MS_DTYPES = {"Int8": "i1", "UInt8": "u1", "Int16": "<i2", "UInt16": "<u2", "Int32": "<i4", "UInt32": "<u4",
+             "Int64": "<i8", "UInt64": "<u8", "Float16": "<f2", "Float32": "<f4", "Float64": "<f8",
+             "Bool": "?", "BFloat16": "bfloat16"}
 
-    try:
-        params = ms.load_checkpoint(path)
-    except Exception as err:  # ValueError / RuntimeError on a damaged or foreign file
-        raise CheckpointError(f"{path}: cannot read as a MindSpore checkpoint (truncated or not one: "
-                              f"{_one_line(err, 100)})") from None
-    tensors, moments, scalars = {}, {}, {}
-    for name, param in params.items():
-        value = param.asnumpy() if hasattr(param, "asnumpy") else param
+
+class _Protobuf:
+    """Just enough of the protobuf wire format to walk MindSpore's checkpoint messages."""
+
+    def __init__(self, path, f, size):
+        self.path, self.f, self.size = path, f, size
+
+    def fail(self, why="truncated"):
+        raise CheckpointError(f"{self.path}: cannot read as a MindSpore checkpoint ({why})")
+
+    def varint(self):
+        value, shift = 0, 0
+        while True:
+            b = self.f.read(1)
+            if not b:
+                self.fail()
+            value |= (b[0] & 0x7F) << shift
+            if b[0] < 0x80:
+                return value
+            shift += 7
+            if shift > 63:
+                self.fail("bad varint")
+
+    def key(self):
+        k = self.varint()
+        return k >> 3, k & 7
+
+    def length(self):
+        n = self.varint()
+        if self.f.tell() + n > self.size:
+            self.fail()
+        return n
+
+    def skip(self, wire):
+        if wire == 0:
+            self.varint()
+        elif wire == 1:
+            self.f.seek(8, 1)
+        elif wire == 2:
+            self.f.seek(self.length(), 1)
+        elif wire == 5:
+            self.f.seek(4, 1)
+        else:
+            self.fail(f"wire type {wire}: not a checkpoint, or encrypted")
+
+
+def _ms_tensor(pb, end):
+    """TensorProto: dims = 1 (int64, repeated), tensor_type = 2 (string), tensor_content = 3 (bytes)."""
+    dims, ttype, content = [], None, None
+    while pb.f.tell() < end:
+        field, wire = pb.key()
+        if field == 1 and wire == 0:
+            dims.append(pb.varint())
+        elif field == 1 and wire == 2:
+            stop = pb.length() + pb.f.tell()
+            while pb.f.tell() < stop:
+                dims.append(pb.varint())
+        elif field == 2 and wire == 2:
+            ttype = pb.f.read(pb.length()).decode("utf-8", "replace")
+        elif field == 3 and wire == 2:
+            n = pb.length()
+            content = (pb.f.tell(), n)
+            pb.f.seek(n, 1)
+        else:
+            pb.skip(wire)
+    return dims, ttype, content
+
+
+def _read_mindspore(path):
+    """MindSpore's .ckpt: serialised Checkpoint messages, one Value (tag, TensorProto) each.
+
+    Read here rather than with ``mindspore.load_checkpoint``: no MindSpore needed to read,
+    and each tensor is copied once (MindSpore's loader holds the file, the parsed message
+    and the tensors at once). Tensors over 512 MB come as several Values of one tag.
+    """
+    size = os.path.getsize(path)
+    values = {}  # tag -> [dims, type, [(offset, n)]]
+    with open(path, "rb") as f:
+        pb = _Protobuf(path, f, size)
+        while f.tell() < size:
+            if size - f.tell() == 17 and f.read(7) == b"crc_num":  # crc_check=True trailer
+                break
+            field, wire = pb.key()
+            if field != 1 or wire != 2:
+                pb.fail(f"unexpected field {field} (wire type {wire}): not a checkpoint, or encrypted")
+            end = pb.length() + f.tell()
+            tag, tensor = None, None
+            while f.tell() < end:
+                field, wire = pb.key()
+                if field == 1 and wire == 2:
+                    tag = f.read(pb.length()).decode("utf-8", "replace")
+                elif field == 2 and wire == 2:
+                    n = pb.length()
+                    tensor = _ms_tensor(pb, f.tell() + n)
+                elif field == 3:
+                    pb.fail("map parameters are not supported")
+                else:
+                    pb.skip(wire)
+            if tag is None or tensor is None or tensor[1] is None or tensor[2] is None:
+                pb.fail("a value without name, type or data")
+            dims, ttype, content = tensor
+            if tag in values:
+                values[tag][2].append(content)
+            else:
+                values[tag] = [dims, ttype, [content]]
+        arena = _Arena(path, f, size)
+        strings = {}
+        for tag, (dims, ttype, chunks) in values.items():
+            if ttype == "str":
+                offset, n = chunks[0]
+                f.seek(offset)
+                # MindSpore stores a string as NumPy's fixed-width unicode: UTF-32.
+                strings[tag] = f.read(n).decode("utf-32-le", "replace").rstrip("\x00")
+                continue
+            if ttype not in MS_DTYPES:
+                pb.fail(f"'{tag}' has unsupported type {ttype}")
+            dtype = MS_DTYPES[ttype]
+            itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+            shape = tuple(dims)
+            if sum(n for _, n in chunks) != int(np.prod(shape, dtype=np.int64)) * itemsize:
+                pb.fail(f"'{tag}' holds {sum(n for _, n in chunks)} bytes for shape {shape} of {ttype}")
+            arena.add(tag, chunks, dtype, shape)
+        loaded = arena.load()
+    tensors, moments, scalars = {}, {}, dict(strings)
+    for name, value in loaded.items():
         if name.startswith(MOMENTS):
             moments[name[len(MOMENTS):]] = value
         elif name in MS_SCALARS:
