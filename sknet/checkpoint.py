@@ -438,7 +438,8 @@ def sgd_state(momentum, groups):
         ids = list(range(pid, pid + len(names)))
         for i, name in zip(ids, names):
             state[i] = {"momentum_buffer": torch.from_numpy(_contiguous(momentum[name]))}
-        param_groups.append(dict(hyper, params=ids))
+        # param_names, as torch records them for named parameters: the file says which id is which.
+        param_groups.append(dict(hyper, params=ids, param_names=list(names)))
         pid += len(names)
     return {"state": state, "param_groups": param_groups}
 

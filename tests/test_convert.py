@@ -247,16 +247,17 @@ def test_mindcv_layout_file_gives_the_same_outputs_on_both_backends(tmp_path, to
 # ---------------------------------------------------------------- optimizer state
 
 
-def _torch_training_checkpoint(spec, path, torch, steps=2, recipe=None):
-    """A few SGD steps of sknet_small saved as the trainers do; with ``recipe``, grouped as they group."""
+def _torch_training_checkpoint(spec, path, torch, steps=2, recipe=None, named=False):
+    """A few SGD steps saved as the trainers do; with ``recipe``, grouped as they group
+    (``named``: built from named parameters, so torch records param_names)."""
     import backends.torch as bt
     from sknet.convert import recipe_groups
 
     torch.manual_seed(0)
     model = bt.build(spec, seed=0)
     if recipe:
-        named = dict(model.named_parameters())
-        opt = torch.optim.SGD([dict(hyper, params=[named[n] for n in names])
+        params = dict(model.named_parameters())
+        opt = torch.optim.SGD([dict(hyper, params=[(n, params[n]) if named else params[n] for n in names])
                                for hyper, names in recipe_groups(spec, recipe)])
     else:
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
@@ -271,13 +272,15 @@ def _torch_training_checkpoint(spec, path, torch, steps=2, recipe=None):
     return model, opt, (x, y)
 
 
-def test_grouped_optimizer_state_round_trips_and_resumes_identically(tmp_path, torch, ms):
+@pytest.mark.parametrize("named", [False, True], ids=["ids", "param_names"])
+def test_grouped_optimizer_state_round_trips_and_resumes_identically(named, tmp_path, torch, ms):
     """torch -> MindSpore -> torch with the recipe's decay/no-decay groups, then one more step."""
     import backends.torch as bt
 
     spec, recipe = get_spec("sknet_small"), "fashion_mnist_small"
     src = tmp_path / "train.pth"
-    model, opt, (x, y) = _torch_training_checkpoint(spec, src, torch, recipe=recipe)
+    model, opt, (x, y) = _torch_training_checkpoint(spec, src, torch, recipe=recipe, named=named)
+    assert ("param_names" in opt.state_dict()["param_groups"][0]) == named
     assert len(opt.param_groups) == 2  # ids are then not model.parameters() order
     convert(src, tmp_path / "train.ckpt", with_optimizer=True)
     raw = ckpt.read(tmp_path / "train.ckpt")
