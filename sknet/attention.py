@@ -179,6 +179,8 @@ class Analysis:
     size: int                       # input size the images were enlarged to
     map_units: List[str] = field(default_factory=list)
     maps: Dict[str, np.ndarray] = field(default_factory=dict)  # unit -> (N, S, h, w) float32
+    channel_unit: Optional[str] = None
+    channel_weights: Optional[np.ndarray] = None  # (N, S, C) float32: large-branch weight per channel
     note: str = ""
 
     def pixels(self, i):
@@ -202,20 +204,28 @@ def default_map_units(spec):
     return list(last.values())
 
 
-def analyse(model, capture, spec, images, scales, size=None, map_units=None, note=""):
+def default_channel_unit(spec):
+    """The last SK unit of the second stage: for SKNet-50 the paper's SK_3_4, whose channels Fig. 2 plots."""
+    return default_map_units(spec)[min(1, len(spec.stages.depths) - 1)]
+
+
+def analyse(model, capture, spec, images, scales, size=None, map_units=None, channel_unit=None, note=""):
     """Run ``capture(model, x, keep_branches)`` on every image at every scale (one batch per image)."""
     units = unit_paths(spec)
     large, small = large_small(spec)
     map_units = default_map_units(spec) if map_units is None else list(map_units)
-    unknown = [u for u in map_units if u not in units]
-    if unknown:
-        raise SKNetError(f"--map-units: {', '.join(unknown)} is not an SK unit of '{spec.name}' "
-                         f"(units: {', '.join(units)})")
+    channel_unit = channel_unit or default_channel_unit(spec)
+    for flag, asked in (("--map-units", map_units), ("--channel-unit", [channel_unit])):
+        unknown = [u for u in asked if u not in units]
+        if unknown:
+            raise SKNetError(f"{flag}: {', '.join(unknown)} is not an SK unit of '{spec.name}' "
+                             f"(units: {', '.join(units)})")
     images = [Path(p) for p in images]
     n, s = len(images), len(scales)
     means = np.zeros((n, s, len(units), spec.sk.num_branches))
     preds = np.zeros((n, s), np.int64)
     maps = {u: [] for u in map_units}
+    channels = []
     for i, path in enumerate(images):
         img = load_image(path, spec)
         px = np.stack([enlarge(img, spec, sc, size) for sc in scales])
@@ -223,11 +233,12 @@ def analyse(model, capture, spec, images, scales, size=None, map_units=None, not
         preds[i] = logits.argmax(axis=1)
         for j, u in enumerate(units):
             means[i, :, j] = branch_means(rec[u].weights)
+        channels.append(rec[channel_unit].weights[:, large].astype(np.float32))
         for u in map_units:
             maps[u].append(contribution_map(rec[u].weights, rec[u].branches, large, small).astype(np.float32))
     return Analysis(spec, images, [label_from_name(p, spec.num_classes) for p in images], tuple(scales),
                     units, branch_names(spec), large, small, means, preds, size or spec.input.size, map_units,
-                    {u: np.stack(v) for u, v in maps.items()}, note)
+                    {u: np.stack(v) for u, v in maps.items()}, channel_unit, np.stack(channels), note)
 
 
 # ---------------------------------------------------------------- output
@@ -271,12 +282,12 @@ def write_csv(a, path):
     _atomic(path, write)
 
 
-def _figure(width, height):
+def _figure(width, height, layout=None):
     # The object API with an Agg canvas: no pyplot, no global backend switch, no display needed.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height))
+    fig = Figure(figsize=(width, height), layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -295,39 +306,67 @@ def _save(fig, path, dpi, palette=False):
     _atomic(path, lambda f: img.save(f, format="PNG", optimize=True), binary=True)
 
 
-def plot_differences(a, path, dpi=100):
-    """The paper's Fig. 2/3 view: per SK unit, mean (large - small) over the images, one bar per scale."""
-    diffs = a.diffs                              # (N, S, U)
+def _draw_differences(ax, a, diffs, spread, fontsize=8):
+    """Grouped bars: per SK unit, ``diffs`` (N, S, U) averaged over N, one bar per scale."""
     n_units, n_scales = len(a.units), len(a.scales)
-    fig = _figure(max(6.0, 0.5 * n_units + 2.0), 3.6)
-    ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / n_scales
     x = np.arange(n_units)
     for k, scale in enumerate(a.scales):
-        mean = diffs[:, k].mean(axis=0)
-        err = diffs[:, k].std(axis=0) if len(a.images) > 1 else None
-        ax.bar(x + (k - (n_scales - 1) / 2) * width, mean, width, yerr=err, capsize=2,
+        err = diffs[:, k].std(axis=0) if spread else None
+        ax.bar(x + (k - (n_scales - 1) / 2) * width, diffs[:, k].mean(axis=0), width, yerr=err, capsize=2,
                label=f"{scale:g}x", error_kw={"elinewidth": 0.8})
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xticks(x)
-    ax.set_xticklabels([paper_name(u) for u in a.units], rotation=60, fontsize=8)
-    big, small = a.branches[a.large], a.branches[a.small]
-    ax.set_ylabel(f"mean attention\n{big} - {small}")
+    ax.set_xticklabels([paper_name(u) for u in a.units], rotation=60 if n_units <= 16 else 90,
+                       fontsize=fontsize if n_units <= 16 else fontsize - 2)
+    ax.set_ylabel(f"mean attention\n{a.branches[a.large]} - {a.branches[a.small]}", fontsize=fontsize)
+    ax.tick_params(axis="y", labelsize=fontsize)
+    ax.legend(title="centre enlarged", fontsize=fontsize - 1, title_fontsize=fontsize - 1)
+
+
+def channel_group(channels):
+    """Successive channels averaged per point: 16 as in the paper's Fig. 2, fewer for narrow units."""
+    return 16 if channels >= 128 else max(1, channels // 8)
+
+
+def _draw_channels(ax, a, i, fontsize=7):
+    """The paper's Fig. 2 (bottom left): large-kernel attention along the channels, one line per scale."""
+    w = a.channel_weights[i]                    # (S, C)
+    g = channel_group(w.shape[1])
+    c = w.shape[1] // g * g
+    for k, scale in enumerate(a.scales):
+        ax.plot(np.arange(c // g) * g, w[k, :c].reshape(-1, g).mean(axis=1), marker=".", label=f"{scale:g}x")
+    ax.set_xlabel(f"channel of {paper_name(a.channel_unit)} ({a.channel_unit}), mean of {g}", fontsize=fontsize)
+    ax.set_ylabel(f"attention on {a.branches[a.large]}", fontsize=fontsize)
+    ax.tick_params(labelsize=fontsize)
+    ax.legend(fontsize=fontsize - 1)
+
+
+def plot_differences(a, path, dpi=100):
+    """The paper's Fig. 3 view: per SK unit, mean (large - small) over the images, one bar per scale."""
+    fig = _figure(max(6.0, 0.5 * len(a.units) + 2.0), 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    _draw_differences(ax, a, a.diffs, spread=len(a.images) > 1)
     ax.set_title(f"{a.spec.name}: {len(a.images)} image(s), mean +- std over images" + a.note, fontsize=9)
-    ax.legend(title="centre enlarged", fontsize=8, title_fontsize=8)
     fig.tight_layout()
     _save(fig, path, dpi)
 
 
-def plot_maps(a, i, path, dpi=80):
-    """Image ``i`` at each scale (rows), then each map unit's large-minus-small contribution over it."""
+def plot_image(a, i, path, dpi=80):
+    """Image ``i``: per scale (rows) the input and each map unit's large-minus-small contribution
+    over it; below, the paper's Fig. 2 panels for this image: per-unit difference and per-channel
+    attention of the channel unit."""
     n_scales, n_maps = len(a.scales), len(a.map_units)
-    fig = _figure(1.7 * (1 + n_maps), 1.8 * n_scales + 0.5)
+    cols = 1 + n_maps
+    width = max(1.8 * cols, 7.0)
+    fig = _figure(width, 1.9 * n_scales + 2.8, layout="constrained")
+    # Two sub-figures, so the panels below do not stretch the columns of images above.
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.9 * n_scales, 2.4])
     diffs, pixels = a.diffs[i], a.pixels(i)
     for k, scale in enumerate(a.scales):
         px = pixels[k]
         h, w = px.shape[:2]
-        ax = fig.add_subplot(n_scales, 1 + n_maps, k * (1 + n_maps) + 1)
+        ax = top.add_subplot(n_scales, cols, k * cols + 1)
         ax.imshow(px, cmap="gray" if px.ndim == 2 else None)
         ax.set_title(f"{scale:g}x", fontsize=8)
         ax.axis("off")
@@ -336,7 +375,7 @@ def plot_maps(a, i, path, dpi=80):
             m = a.maps[unit][i, k]
             # One symmetric scale per unit across the scales, so rows compare; 0 is white.
             vmax = float(np.abs(a.maps[unit][i]).max()) or 1.0
-            ax = fig.add_subplot(n_scales, 1 + n_maps, k * (1 + n_maps) + 2 + j)
+            ax = top.add_subplot(n_scales, cols, k * cols + 2 + j)
             ax.imshow(gray, cmap="gray", extent=(0, w, h, 0))
             ax.imshow(m, cmap="RdBu_r", vmin=-vmax, vmax=vmax, alpha=0.6, extent=(0, w, h, 0),
                       interpolation="bilinear")
@@ -344,10 +383,12 @@ def plot_maps(a, i, path, dpi=80):
             ax.set_title(f"{paper_name(unit)} {m.shape[0]}x{m.shape[1]}\ndiff {d:+.3f}, |map|<={vmax:.2g}",
                          fontsize=7)
             ax.axis("off")
+    left, right = bottom.subplots(1, 2)
+    _draw_differences(left, a, diffs[None], spread=False, fontsize=7)
+    _draw_channels(right, a, i)
     label = "" if a.labels[i] is None else f" (class {a.labels[i]})"
     fig.suptitle(f"{a.images[i].name}{label}: red = large kernel contributes more, blue = small" + a.note,
                  fontsize=8)
-    fig.tight_layout()
     _save(fig, path, dpi, palette=True)
 
 

@@ -199,6 +199,11 @@ def test_attention_equal_across_backends(spec, pair, photos, pynative):
     for u in units:
         assert np.abs(a.maps[u] - b.maps[u]).max() <= 1e-5 * np.abs(a.maps[u]).max()
     assert np.array_equal(a.preds, b.preds)
+    # The per-channel panel: the large branch's weights of the last unit of stage 2 (128 channels).
+    assert a.channel_unit == "layer2.1.conv1" and a.channel_weights.shape == (2, 2, 128)
+    assert np.abs(a.channel_weights - b.channel_weights).max() <= 1e-5
+    np.testing.assert_allclose(a.channel_weights.mean(axis=2), a.means[:, :, units.index(a.channel_unit), 1],
+                               rtol=0, atol=1e-6)
     # Not vacuous: the two scales and the units do differ from each other.
     assert np.abs(a.diffs[:, 1] - a.diffs[:, 0]).max() > 1e-4
     assert a.diffs.std() > 1e-3
@@ -282,7 +287,8 @@ def test_cli_warns_without_checkpoint(photos, tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--scales", "1,0.5"], "--scales '1,0.5'"),
     (["--scales", "1,x"], "--scales '1,x'"),
-    (["--map-units", "layer9.0.conv1"], "layer9.0.conv1 is not an SK unit"),
+    (["--map-units", "layer9.0.conv1"], "--map-units: layer9.0.conv1 is not an SK unit"),
+    (["--channel-unit", "layer2.1.conv9"], "--channel-unit: layer2.1.conv9 is not an SK unit"),
     (["--images", "nowhere.jpg"], "nowhere.jpg: no such image"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(args, message, photos, tmp_path, capsys):

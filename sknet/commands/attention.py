@@ -4,7 +4,7 @@ attention.csv, difference.png and one map figure per image into the output folde
 import sys
 from pathlib import Path
 
-from ..attention import (analyse, expand_images, map_file_names, plot_differences, plot_maps, summary,
+from ..attention import (analyse, expand_images, map_file_names, plot_differences, plot_image, summary,
                          unit_paths, write_csv)
 from ..errors import SKNetError
 from ..registry import get_spec
@@ -26,6 +26,8 @@ def add_arguments(p):
     p.add_argument("--num-classes", type=int, help="classifier width, if the checkpoint's differs from the spec")
     p.add_argument("--map-units", help="comma-separated SK unit paths to map, or 'all' "
                                        "(default: the last unit of each stage)")
+    p.add_argument("--channel-unit", help="SK unit whose per-channel attention each image's figure plots "
+                                          "(default: the last unit of the second stage, SK_3_4 on SKNet-50)")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed when there is no --checkpoint")
 
 
@@ -70,14 +72,15 @@ def run(args):
         model.eval()
     else:
         model.set_train(False)
-    result = analyse(model, capture, spec, images, scales, map_units=map_units, note=note)
+    result = analyse(model, capture, spec, images, scales, map_units=map_units,
+                     channel_unit=args.channel_unit, note=note)
 
     out = Path(args.output)
     (out / "maps").mkdir(parents=True, exist_ok=True)
     write_csv(result, out / "attention.csv")
     plot_differences(result, out / "difference.png")
     for i, name in enumerate(map_file_names(result.images)):
-        plot_maps(result, i, out / "maps" / name)
+        plot_image(result, i, out / "maps" / name)
     print(summary(result))
     print(f"wrote {out / 'attention.csv'} ({len(images)} images x {len(scales)} scales x "
           f"{len(result.units)} units), {out / 'difference.png'}, {len(images)} maps in {out / 'maps'}")
