@@ -209,10 +209,9 @@ def default_channel_unit(spec):
     return default_map_units(spec)[min(1, len(spec.stages.depths) - 1)]
 
 
-def analyse(model, capture, spec, images, scales, size=None, map_units=None, channel_unit=None, note=""):
-    """Run ``capture(model, x, keep_branches)`` on every image at every scale (one batch per image)."""
+def resolve_units(spec, map_units=None, channel_unit=None):
+    """(map units, channel unit) with the defaults filled in; a name the spec lacks raises."""
     units = unit_paths(spec)
-    large, small = large_small(spec)
     map_units = default_map_units(spec) if map_units is None else list(map_units)
     channel_unit = channel_unit or default_channel_unit(spec)
     for flag, asked in (("--map-units", map_units), ("--channel-unit", [channel_unit])):
@@ -220,6 +219,14 @@ def analyse(model, capture, spec, images, scales, size=None, map_units=None, cha
         if unknown:
             raise SKNetError(f"{flag}: {', '.join(unknown)} is not an SK unit of '{spec.name}' "
                              f"(units: {', '.join(units)})")
+    return map_units, channel_unit
+
+
+def analyse(model, capture, spec, images, scales, size=None, map_units=None, channel_unit=None, note=""):
+    """Run ``capture(model, x, keep_branches)`` on every image at every scale (one batch per image)."""
+    units = unit_paths(spec)
+    large, small = large_small(spec)
+    map_units, channel_unit = resolve_units(spec, map_units, channel_unit)
     images = [Path(p) for p in images]
     n, s = len(images), len(scales)
     means = np.zeros((n, s, len(units), spec.sk.num_branches))
@@ -280,6 +287,14 @@ def write_csv(a, path):
         w.writerows(csv_rows(a))
 
     _atomic(path, write)
+
+
+def require_matplotlib():
+    """Figures need matplotlib (the ``plots`` extra): checked before any work is done."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SKNetError("figures need matplotlib: pip install 'sknet[plots]'") from None
 
 
 def _figure(width, height, layout=None):

@@ -326,3 +326,12 @@ def test_cli_reads_a_checkpoint(photos, tmp_path, capsys, torch):
     expected = analyse(model, capture, spec, photos[:1], (1.0, 1.5), map_units=[]).means
     got = np.array([float(r["attn_3x3_d2"]) for r in rows]).reshape(1, 2, 8)
     np.testing.assert_allclose(got, expected[..., 1], rtol=0, atol=1e-8)
+
+
+def test_cli_output_that_is_a_file_is_refused(photos, tmp_path, capsys):
+    pytest.importorskip("torch")
+    target = tmp_path / "results.txt"
+    target.write_text("keep me")
+    code, out = run_cli(["--model", "sknet_small", "--images", photos[1], "-o", target], capsys)
+    assert code == 2 and "results.txt: exists and is not a folder" in out.err
+    assert target.read_text() == "keep me"

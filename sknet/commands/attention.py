@@ -4,8 +4,8 @@ attention.csv, difference.png and one map figure per image into the output folde
 import sys
 from pathlib import Path
 
-from ..attention import (analyse, expand_images, map_file_names, plot_differences, plot_image, summary,
-                         unit_paths, write_csv)
+from ..attention import (analyse, expand_images, large_small, map_file_names, plot_differences, plot_image,
+                         require_matplotlib, resolve_units, summary, unit_paths, write_csv)
 from ..errors import SKNetError
 from ..registry import get_spec
 
@@ -54,6 +54,7 @@ def run(args):
     from .. import create_model
 
     scales = parse_scales(args.scales)
+    require_matplotlib()
     spec = get_spec(args.model, num_classes=args.num_classes, size=args.size)
     images = expand_images(args.images)
     map_units = None
@@ -61,6 +62,12 @@ def run(args):
         map_units = unit_paths(spec)
     elif args.map_units:
         map_units = [u.strip() for u in args.map_units.split(",") if u.strip()]
+    # Everything the user typed is checked before the (slow) model build.
+    map_units, channel_unit = resolve_units(spec, map_units, args.channel_unit)
+    large_small(spec)
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise SKNetError(f"-o {out}: exists and is not a folder")
     note = ""
     if args.checkpoint is None:
         print(f"sknet attention: warning: no --checkpoint, so {spec.name} has random weights (seed {args.seed}): "
@@ -72,10 +79,9 @@ def run(args):
         model.eval()
     else:
         model.set_train(False)
-    result = analyse(model, capture, spec, images, scales, map_units=map_units,
-                     channel_unit=args.channel_unit, note=note)
+    result = analyse(model, capture, spec, images, scales, map_units=map_units, channel_unit=channel_unit,
+                     note=note)
 
-    out = Path(args.output)
     (out / "maps").mkdir(parents=True, exist_ok=True)
     write_csv(result, out / "attention.csv")
     plot_differences(result, out / "difference.png")
