@@ -244,6 +244,29 @@ def test_mindcv_layout_file_gives_the_same_outputs_on_both_backends(tmp_path, to
     assert np.abs(ref).max() > 1e-2
 
 
+@pytest.mark.parametrize("name", ["timm_tiny_basic", "timm_tiny_bottleneck"])
+def test_files_made_by_timm_itself_give_timms_logits_on_both_backends(name, tmp_path, torch, pynative):
+    """Frozen fixtures from timm 1.0.15's own classes (tests/fixtures/make_timm_fixtures.py)."""
+    import sknet
+
+    ms = pynative
+    spec_file = str(FIXTURES / f"{name}.yaml")
+    io = np.load(FIXTURES / f"{name}_io.npz")
+    x, ref = io["x"], io["logits"]
+    convert(FIXTURES / f"{name}.pth", tmp_path / "ours.ckpt", model=spec_file)
+    convert(FIXTURES / f"{name}.pth", tmp_path / "mindcv.safetensors", model=spec_file, layout="mindcv")
+    model = sknet.create_model(spec_file, "torch", checkpoint=tmp_path / "mindcv.safetensors").eval()
+    with torch.no_grad():
+        out_torch = model(torch.from_numpy(x)).numpy()
+    net = sknet.create_model(spec_file, "mindspore", checkpoint=tmp_path / "ours.ckpt")
+    net.set_train(False)
+    out_ms = net(ms.Tensor(x)).asnumpy()
+    # timm sums the branches in another order than we do: fp32 rounding, relative to the largest logit.
+    for out in (out_torch, out_ms):
+        assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert np.abs(ref).max() > 0.1 and np.abs(ref - ref.mean(0)).max() > 1e-3  # real, input-dependent logits
+
+
 # ---------------------------------------------------------------- optimizer state
 
 
