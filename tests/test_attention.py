@@ -316,16 +316,19 @@ def test_cli_reads_a_checkpoint(photos, tmp_path, capsys, torch):
     pytest.importorskip("sknet.checkpoint")  # the conversion issue's reader
     from backends.torch.attention import capture
 
-    spec = get_spec("skresnet18", size=SIZE)
+    spec = get_spec("sknet_small")
     model = torch_model(spec, seed=11)
     torch.save(model.state_dict(), tmp_path / "w.pth")
-    code, out = run_cli(["--model", "skresnet18", "--size", SIZE, "--checkpoint", tmp_path / "w.pth",
+    code, out = run_cli(["--model", "sknet_small", "--checkpoint", tmp_path / "w.pth",
                          "--images", photos[0], "--scales", "1.0,1.5", "-o", tmp_path / "o"], capsys)
     assert code == 0 and "warning" not in out.err
     rows = read_csv(tmp_path / "o" / "attention.csv")
     expected = analyse(model, capture, spec, photos[:1], (1.0, 1.5), map_units=[]).means
-    got = np.array([float(r["attn_3x3_d2"]) for r in rows]).reshape(1, 2, 8)
+    got = np.array([float(r["attn_3x3_d2"]) for r in rows]).reshape(1, 2, 3)
     np.testing.assert_allclose(got, expected[..., 1], rtol=0, atol=1e-8)
+    # and not what the default seed gives
+    assert np.abs(got - analyse(torch_model(spec, seed=0), capture, spec, photos[:1], (1.0, 1.5),
+                                map_units=[]).means[..., 1]).max() > 1e-4
 
 
 def test_cli_output_that_is_a_file_is_refused(photos, tmp_path, capsys):
