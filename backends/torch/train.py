@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -181,9 +182,13 @@ def run(opts, step_hook=None):
     if world.distributed:
         # Each worker keeps the BN statistics of its own batches, as MindSpore's data parallel does;
         # they are averaged at every checkpoint and evaluation.
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[world.local_rank] if world.device.type == "cuda" else None,
-            broadcast_buffers=False)
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates broadcast_buffers, but its replacement still syncs at init
+            # and older torch lacks it; rank-local buffers are what is wanted here.
+            warnings.simplefilter("ignore", FutureWarning)
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[world.local_rank] if world.device.type == "cuda" else None,
+                broadcast_buffers=False)
     workers = recipe.data.num_workers
     rows = run_dir.read_metrics(upto_step=start) if world.rank == 0 else []
     progress = Progress(plan.stop_step, start, recipe.batch_size * world.size, enabled=world.rank == 0 and not opts.quiet)
