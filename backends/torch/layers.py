@@ -1,11 +1,113 @@
-"""Reusable PyTorch layers of an SKNet: conv-BN-act, the SK unit, the residual blocks."""
+"""Reusable PyTorch layers of an SKNet: conv-BN-act, the SK unit, the residual blocks.
+
+Two ways through every layer compute the same function (see docs/performance.md):
+- the plain one, module by module, used for training and whenever autograd is recording;
+- an inference one (eval mode under ``torch.no_grad``/``inference_mode``) that folds each BN
+  into the conv before it and, on CPU in fp32, runs conv + bias + ReLU (+ residual add) as
+  one oneDNN call with prepacked weights. ``plain_math()`` switches the latter off.
+"""
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Inference fast paths on/off (parity tests and the benchmark compare both ways).
+FAST = True
+
+
+@contextmanager
+def plain_math():
+    """Run the module-by-module math only: no BN folding, fusion, gate rewrite or NHWC."""
+    global FAST
+    old, FAST = FAST, False
+    try:
+        yield
+    finally:
+        FAST = old
+
 
 def batch_norm(channels, norm):
     return nn.BatchNorm2d(channels, eps=norm.eps, momentum=norm.momentum)
+
+
+def _mkldnn_op():
+    try:
+        return torch.ops.mkldnn._convolution_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_POINTWISE = _mkldnn_op() if torch.backends.mkldnn.is_available() else None
+
+
+def inferring(module, x):
+    """True where the folded inference path may replace the module-by-module one."""
+    return (FAST and not module.training and not torch.is_grad_enabled()
+            and x.dtype in (torch.float32, torch.float64))
+
+
+def _key(*tensors):
+    try:
+        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+    except RuntimeError:  # inference tensors have no version counter: never cache them
+        return None
+
+
+class _Folded:
+    """BN folded into the preceding conv's weight and bias, and oneDNN's prepacked weight.
+
+    Cached on the conv and keyed by the data pointer and version counter of every tensor
+    it was computed from: an optimizer step, ``load_state_dict``, ``.to()`` or a BN statistic
+    update bumps one of them, so the next inference call refolds.
+    """
+
+    __slots__ = ("key", "weight", "bias", "packed")
+
+    def __init__(self, key, weight, bias):
+        self.key, self.weight, self.bias, self.packed = key, weight, bias, {}
+
+
+def folded(conv, bn):
+    """(weight, bias) with ``bn``'s eval-mode affine map folded into ``conv`` (cached)."""
+    tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    key = _key(*tensors)
+    cache = conv.__dict__.get("_folded")
+    if cache is not None and key is not None and cache.key == key:
+        return cache
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+    bias = bn.bias - bn.running_mean * scale
+    cache = _Folded(key, weight, bias)
+    if key is not None:
+        conv.__dict__["_folded"] = cache
+    return cache
+
+
+def drop_folded(module):
+    for m in module.modules():
+        m.__dict__.pop("_folded", None)
+
+
+def conv_bn_infer(x, conv, bn, relu, residual=None):
+    """Eval-mode ``relu?(bn(conv(x)) + residual?)`` with the BN folded into the conv."""
+    f = folded(conv, bn)
+    if _POINTWISE is not None and x.device.type == "cpu" and x.dtype == torch.float32:
+        args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        shape = tuple(x.shape)
+        w = f.packed.get(shape)
+        if w is None:
+            # oneDNN's blocked weight layout, computed once per input shape rather than per call.
+            w = torch.ops.mkldnn._reorder_convolution_weight(f.weight, *args, list(shape))
+            f.packed[shape] = w
+        if residual is None:
+            return _POINTWISE(x, w, f.bias, *args, "relu" if relu else "none", [], "")
+        return _POINTWISE.binary(x, residual, w, f.bias, *args, "add", None,
+                                 "relu" if relu else None, [], None)
+    y = F.conv2d(x, f.weight, f.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if residual is not None:
+        y += residual
+    return F.relu_(y) if relu else y
 
 
 class ConvBnAct(nn.Module):
@@ -16,12 +118,24 @@ class ConvBnAct(nn.Module):
         self.bn = batch_norm(cout, norm)
         self.act = nn.ReLU(inplace=True) if act else nn.Identity()
 
-    def forward(self, x):
-        return self.act(self.bn(self.conv(x)))
+    def forward(self, x, residual=None):
+        """``act(bn(conv(x)))``; with ``residual``, ``relu(bn(conv(x)) + residual)`` (act off)."""
+        if inferring(self, x):
+            return conv_bn_infer(x, self.conv, self.bn, residual is not None or self.has_act,
+                                 residual)
+        y = self.act(self.bn(self.conv(x)))
+        if residual is not None:
+            y += residual  # BN's backward needs its input, not its output: safe in place
+            y = F.relu_(y)
+        return y
+
+    @property
+    def has_act(self):
+        return isinstance(self.act, nn.ReLU)
 
 
 class SelectiveKernelAttn(nn.Module):
-    """Fuse (sum, global pool, reduce to d with BN-ReLU) and select (softmax over the M branches)."""
+    """Fuse (global pool of the branch sum, reduce to d with BN-ReLU) and select (softmax over M)."""
 
     def __init__(self, channels, attn_width, num_branches, norm):
         super().__init__()
@@ -31,13 +145,18 @@ class SelectiveKernelAttn(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.fc_select = nn.Conv2d(attn_width, channels * num_branches, 1, bias=False)
 
-    def forward(self, fused):
-        s = fused.mean((2, 3), keepdim=True)
-        z = self.act(self.bn(self.fc_reduce(s)))
+    def logits(self, pooled):
+        """(B, M, C, 1, 1) selection logits from the pooled branch sum (B, C, 1, 1)."""
+        if inferring(self, pooled):
+            z = conv_bn_infer(pooled, self.fc_reduce, self.bn, True)
+        else:
+            z = self.act(self.bn(self.fc_reduce(pooled)))
         logits = self.fc_select(z)
-        b, _, _, _ = logits.shape
         # fc_select's channels [i*C, (i+1)*C) score branch i, as in timm and mindcv.
-        return torch.softmax(logits.view(b, self.num_branches, -1, 1, 1), dim=1)
+        return logits.view(logits.shape[0], self.num_branches, -1, 1, 1)
+
+    def forward(self, fused):
+        return torch.softmax(self.logits(fused.mean((2, 3), keepdim=True)), dim=1)
 
 
 class SelectiveKernel(nn.Module):
@@ -66,6 +185,8 @@ class SelectiveKernel(nn.Module):
         else:
             inputs = [x] * self.num_branches
         branches = [path(inp) for path, inp in zip(self.paths, inputs)]
+        if FAST and self.num_branches == 2:
+            return self._select_two(*branches)
         fused = branches[0]
         for y in branches[1:]:
             fused = fused + y
@@ -76,6 +197,21 @@ class SelectiveKernel(nn.Module):
         if self.record:
             self.recorded = (weights.detach(), [y.detach() for y in branches])
         return out
+
+    def _select_two(self, b0, b1):
+        # mean(b0 + b1) = mean(b0) + mean(b1): the branch sum is never materialised.
+        pooled = b0.mean((2, 3), keepdim=True) + b1.mean((2, 3), keepdim=True)
+        logits = self.attn.logits(pooled)
+        # Softmax over two logits is sigmoid of their difference, and
+        # w0 * b0 + (1 - w0) * b1 is one lerp from b1 towards b0.
+        w0 = torch.sigmoid(logits[:, 0] - logits[:, 1])
+        if self.record:
+            weights = torch.stack([w0, 1 - w0], dim=1)
+            self.recorded = (weights.detach(), [b0.detach(), b1.detach()])
+            return torch.lerp(b1, b0, w0)
+        if torch.is_grad_enabled():
+            return torch.lerp(b1, b0, w0)
+        return b1.lerp_(b0, w0)  # no autograd: reuse b1's memory
 
 
 class BasicBlock(nn.Module):
@@ -88,7 +224,9 @@ class BasicBlock(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x):
-        shortcut = x if self.downsample is None else self.downsample(x)
+        shortcut = x if self.downsample is None else run_downsample(self.downsample, x)
+        if FAST:
+            return self.conv2(self.conv1(x), residual=shortcut)
         return self.act(self.conv2(self.conv1(x)) + shortcut)
 
 
@@ -104,7 +242,9 @@ class Bottleneck(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x):
-        shortcut = x if self.downsample is None else self.downsample(x)
+        shortcut = x if self.downsample is None else run_downsample(self.downsample, x)
+        if FAST:
+            return self.conv3(self.conv2(self.conv1(x)), residual=shortcut)
         return self.act(self.conv3(self.conv2(self.conv1(x))) + shortcut)
 
 
@@ -112,6 +252,12 @@ def downsample(spec, inplanes, out, stride):
     if stride == 1 and inplanes == out:
         return None
     return nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), batch_norm(out, spec.norm))
+
+
+def run_downsample(seq, x):
+    if inferring(seq, x):
+        return conv_bn_infer(x, seq[0], seq[1], False)
+    return seq(x)
 
 
 class SamePadMaxPool2d(nn.Module):

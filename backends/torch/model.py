@@ -1,9 +1,11 @@
 """Build a PyTorch SKNet from a spec: stem, residual stages of SK blocks, pooled linear head."""
+import torch
 from torch import nn
 
 from sknet.params import init_state
 
-from .layers import BasicBlock, Bottleneck, batch_norm, max_pool
+from . import layers
+from .layers import BasicBlock, Bottleneck, batch_norm, conv_bn_infer, drop_folded, inferring, max_pool
 from .names import load_canonical
 
 
@@ -33,7 +35,15 @@ class SKNet(nn.Module):
         self.fc = nn.Linear(inplanes, spec.num_classes)
 
     def forward_features(self, x):
-        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        if layers.FAST and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4:
+            # oneDNN's CPU convolutions run NHWC without the per-call NCHW reorders;
+            # the parameters keep their layout, so state dicts and names do not change.
+            x = x.contiguous(memory_format=torch.channels_last)
+        if inferring(self, x):
+            x = conv_bn_infer(x, self.conv1, self.bn1, True)
+        else:
+            x = self.act1(self.bn1(self.conv1(x)))
+        x = self.maxpool(x)
         for name in self.stage_names:
             x = getattr(self, name)(x)
         return x
@@ -43,6 +53,12 @@ class SKNet(nn.Module):
 
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
+
+    def train(self, mode=True):
+        # Folded inference weights are keyed on weight versions already; dropping them
+        # here just frees their memory while training.
+        drop_folded(self)
+        return super().train(mode)
 
 
 def build(spec, seed=0):

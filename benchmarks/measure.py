@@ -1,0 +1,100 @@
+"""Framework-free timing helpers: per-iteration timer, resident-memory sampler, result rows."""
+import os
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes():
+    """Resident set size of this process now (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+    except OSError:
+        return 0
+
+
+class PeakRSS:
+    """Samples RSS every few ms on a thread; ``extra`` is the peak above the RSS at entry.
+
+    CPU frameworks have no per-op allocator statistics that torch and MindSpore share, so
+    the process's resident memory is the one figure both can be compared on.
+    """
+
+    def __init__(self, interval=0.002):
+        self.interval = interval
+        self.base = self.peak = 0
+        self._stop = threading.Event()
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self.base = self.peak = rss_bytes()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+    @property
+    def extra(self):
+        return self.peak - self.base
+
+
+@dataclass
+class Figure:
+    """Per-iteration wall times of one (model, implementation, task), gathered over rounds."""
+    times: list = field(default_factory=list)
+    peak_extra: int = 0
+
+    def add(self, times, peak_extra):
+        self.times.extend(times)
+        self.peak_extra = max(self.peak_extra, peak_extra)
+
+    @property
+    def median(self):
+        return statistics.median(self.times) if self.times else float("nan")
+
+    @property
+    def spread(self):
+        """Inter-quartile range over the median: how noisy the machine was."""
+        if len(self.times) < 4:
+            return float("nan")
+        q = statistics.quantiles(self.times, n=4)
+        return (q[2] - q[0]) / self.median
+
+
+def timed(step, iters, sync=None):
+    """Wall time of each of ``iters`` calls of ``step`` (``sync`` waits for async work)."""
+    out = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        step()
+        if sync is not None:
+            sync()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def run_alternating(runners, iters, rounds):
+    """Time every runner ``iters`` times per round, runners interleaved round by round.
+
+    The machine is shared: interleaving gives every implementation the same share of
+    whatever else is running, so ratios stay fair even when absolute figures wander.
+    """
+    figures = {key: Figure() for key in runners}
+    for _ in range(rounds):
+        for key, (step, sync) in runners.items():
+            with PeakRSS() as mem:
+                times = timed(step, iters, sync)
+            figures[key].add(times, mem.extra)
+    return figures

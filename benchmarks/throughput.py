@@ -1,0 +1,214 @@
+"""Inference images/s and training-step time of our SKNets beside timm's and mindcv's.
+
+    python benchmarks/throughput.py                      # both models, batch 8 at 224, all cores
+    python benchmarks/throughput.py --models sknet_small --iters 1 --rounds 1 --warmup 1
+
+Run it in an environment where timm (PyTorch) or mindcv (MindSpore) is importable and
+their same-named models are timed in the same process, round by round alternating with
+ours, and every figure gets an our/their ratio. docs/performance.md says how to make
+those environments and what each column means.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("GLOG_v", "3")
+
+import measure  # noqa: E402
+
+from sknet import get_spec  # noqa: E402
+from sknet.tree import count_macs  # noqa: E402
+
+TASKS = ("infer", "train")
+# Backward costs about twice the forward's multiply-adds (input and weight gradients).
+TRAIN_FLOP_FACTOR = 3
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["skresnet18", "skresnext50_32x4d"])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--backends", nargs="+", default=["torch", "mindspore"],
+                   choices=["torch", "mindspore"])
+    p.add_argument("--ms-modes", nargs="+", default=list(("pynative", "graph")),
+                   choices=["pynative", "graph"])
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    p.add_argument("--warmup", type=int, default=3, help="untimed iterations per implementation")
+    p.add_argument("--iters", type=int, default=5, help="timed iterations per implementation per round")
+    p.add_argument("--rounds", type=int, default=3, help="alternations of ours and theirs")
+    p.add_argument("--channels-last", action="store_true", help="PyTorch: NHWC tensors (both sides)")
+    p.add_argument("--compile", action="store_true", help="PyTorch: torch.compile (both sides)")
+    p.add_argument("--no-reference", action="store_true", help="time ours only")
+    p.add_argument("--json", help="also write every figure here")
+    return p.parse_args(argv)
+
+
+def versions():
+    out = {"python": platform.python_version()}
+    for mod in ("torch", "timm", "mindspore", "mindcv", "numpy"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # absent, or broken beside another pin: just not reported
+            pass
+    return out
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def bench(impls, tasks, args):
+    """{(label, task): Figure}: warm each up, then alternate them round by round."""
+    figures = {}
+    for task in tasks:
+        steps = {}
+        for label, impl in impls.items():
+            step = impl.set_task(task)
+            with measure.PeakRSS() as mem:
+                for _ in range(args.warmup):
+                    step()
+            steps[label] = (step, None)
+            figures[(label, task)] = measure.Figure(peak_extra=mem.extra)
+        # Only one implementation may be in train mode at a time for BN bookkeeping to
+        # stay its own: set_task is called again right before each one's turn.
+        for _ in range(args.rounds):
+            for label, impl in impls.items():
+                step = impl.set_task(task)
+                with measure.PeakRSS() as mem:
+                    times = measure.timed(step, args.iters)
+                figures[(label, task)].add(times, mem.extra)
+    return figures
+
+
+def rows_for(model, backend, mode, spec, size, batch, figures, roof):
+    macs = count_macs(spec, size) * batch
+    rows = []
+    for (label, task), fig in figures.items():
+        flops = 2 * macs * (TRAIN_FLOP_FACTOR if task == "train" else 1)
+        t = fig.median
+        rows.append(dict(model=model, backend=backend, mode=mode, impl=label, task=task,
+                         ms=1e3 * t, images_per_s=batch / t, gflops=flops / t / 1e9,
+                         roofline=flops / t / 1e9 / roof, spread=fig.spread,
+                         peak_mib=fig.peak_extra / 2 ** 20, n=len(fig.times)))
+    return rows
+
+
+def print_rows(rows, deviation, ref_label):
+    for r in rows:
+        print(f"  {r['impl']:7s} {r['task']:5s} {r['ms']:9.1f} ms/step {r['images_per_s']:8.2f} img/s "
+              f"{r['gflops']:7.1f} GFLOP/s ({100 * r['roofline']:4.1f}% of matmul) "
+              f"+{r['peak_mib']:6.0f} MiB peak  IQR {100 * r['spread']:4.1f}%  n={r['n']}")
+    by = {(r["impl"], r["task"]): r for r in rows}
+    for task in TASKS:
+        if ("sknet", task) in by and (ref_label, task) in by:
+            ratio = by[(ref_label, task)]["ms"] / by[("sknet", task)]["ms"]
+            print(f"  ours/{ref_label} {task}: {ratio:.3f}x speed")
+            for r in rows:
+                if r["impl"] == "sknet" and r["task"] == task:
+                    r[f"ratio_vs_{ref_label}"] = ratio
+    if deviation is not None:
+        print(f"  eval logits, ours vs {ref_label} with the same weights: max |diff| / max |logit| "
+              f"= {deviation:.2e}")
+
+
+def run_torch(args, roof_by_threads):
+    import torch_runner as tr
+
+    tr.set_threads(args.threads)
+    reference = not args.no_reference and tr.has_timm()
+    rows = []
+    mode = "eager" + ("+compile" if args.compile else "") + ("+channels_last" if args.channels_last else "")
+    for name in args.models:
+        spec = get_spec(name)
+        impls, dev = tr.prepare(name, spec, args.batch, args.size, reference,
+                                args.channels_last, args.compile)
+        print(f"\n{name} | torch {mode} | batch {args.batch} x {args.size}^2 | {args.threads} threads")
+        figs = bench(impls, args.tasks, args)
+        r = rows_for(name, "torch", mode, spec, args.size, args.batch, figs, roof_by_threads)
+        print_rows(r, dev, "timm")
+        rows += r
+        del impls
+    return rows
+
+
+def run_mindspore(args, roof):
+    import ms_runner as mr
+
+    mr.set_threads(args.threads)
+    reference = not args.no_reference and mr.has_mindcv()
+    rows = []
+    for mode in args.ms_modes:
+        mr.set_mode(mode)
+        for name in args.models:
+            spec, impls, dev = mr.prepare(name, get_spec, args.batch, args.size, reference)
+            print(f"\n{name} ({spec.name}) | mindspore {mode} | batch {args.batch} x {args.size}^2 "
+                  f"| {args.threads} threads")
+            figs = bench(impls, args.tasks, args)
+            r = rows_for(name, "mindspore", mode, spec, args.size, args.batch, figs, roof)
+            print_rows(r, dev, "mindcv")
+            rows += r
+            del impls
+    mr.set_mode("pynative")
+    return rows
+
+
+def gemm_rate(threads):
+    """fp32 GEMM GFLOP/s on these threads, from torch if present, else numpy's BLAS."""
+    try:
+        import torch_runner as tr
+
+        return tr.matmul_gflops(threads), "torch.mm 1024^3"
+    except ImportError:
+        import numpy as np
+
+        n = 1024
+        a, b = np.random.rand(n, n).astype(np.float32), np.random.rand(n, n).astype(np.float32)
+        a @ b
+        best = float("inf")
+        for _ in range(10):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+        return 2 * n ** 3 / best / 1e9, "numpy matmul 1024^3 (BLAS threads as set by env)"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import importlib.util
+
+    backends = [b for b in args.backends if importlib.util.find_spec(b) is not None]
+    if not backends:
+        print("error: neither torch nor mindspore is importable", file=sys.stderr)
+        return 2
+    roof, how = gemm_rate(args.threads)
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | {cpu_model()} | "
+          f"{os.cpu_count()} cores | {json.dumps(versions())}")
+    print(f"# fp32 matmul roof: {roof:.1f} GFLOP/s ({how}, {args.threads} threads); "
+          f"train GFLOP counts {TRAIN_FLOP_FACTOR}x forward MACs x 2")
+    rows = []
+    if "torch" in backends:
+        rows += run_torch(args, roof)
+    if "mindspore" in backends:
+        rows += run_mindspore(args, roof)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(args=vars(args), versions=versions(), cpu=cpu_model(), roof_gflops=roof,
+                           rows=rows), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

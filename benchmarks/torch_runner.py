@@ -1,0 +1,109 @@
+"""PyTorch side of the benchmark: our backend and, when importable, timm's same-named model."""
+import importlib.util
+
+import numpy as np
+
+SEED = 0
+LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
+
+
+def has_timm():
+    return importlib.util.find_spec("timm") is not None
+
+
+def set_threads(n):
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def matmul_gflops(threads, n=1024, seconds=1.0):
+    """Same-run fp32 GEMM rate on ``threads`` threads: the roof a conv net can approach."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
+def build_ours(spec):
+    import backends.torch as bt
+
+    return bt.build(spec, seed=SEED)
+
+
+def build_timm(name, spec, canonical):
+    """timm's model with our weights: canonical names are timm's, so the logits must agree."""
+    import timm
+    import torch
+
+    model = timm.create_model(name, pretrained=False, num_classes=spec.num_classes)
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in canonical.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise RuntimeError(f"timm {name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model
+
+
+class TorchImpl:
+    """One model prepared for inference and for training steps on a fixed batch."""
+
+    def __init__(self, model, x, y, channels_last=False, compile=False):
+        import torch
+
+        self.torch = torch
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.model, self.x, self.y = model, x, y
+        self.fn = torch.compile(model) if compile else model
+        self.opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM,
+                                   weight_decay=WEIGHT_DECAY)
+
+    def logits(self):
+        self.model.eval()
+        with self.torch.inference_mode():
+            return self.fn(self.x).float().numpy()
+
+    def infer_step(self):
+        with self.torch.inference_mode():
+            self.fn(self.x)
+
+    def train_step(self):
+        loss = self.torch.nn.functional.cross_entropy(self.fn(self.x), self.y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def set_task(self, task):
+        self.model.train(task == "train")
+        return self.train_step if task == "train" else self.infer_step
+
+
+def prepare(name, spec, batch, size, reference, channels_last, compile):
+    """{implementation label: TorchImpl}, plus the reference's eval-logit deviation from ours."""
+    import torch
+
+    import backends.torch as bt
+
+    rng = np.random.default_rng(SEED)
+    x = torch.from_numpy(rng.standard_normal((batch, spec.input.in_chans, size, size), dtype=np.float32))
+    y = torch.from_numpy(rng.integers(0, spec.num_classes, batch))
+    ours = build_ours(spec)
+    impls = {"sknet": TorchImpl(ours, x, y, channels_last, compile)}
+    deviation = None
+    if reference:
+        theirs = build_timm(name, spec, bt.to_canonical(ours))
+        impls["timm"] = TorchImpl(theirs, x, y, channels_last, compile)
+        a, b = impls["sknet"].logits(), impls["timm"].logits()
+        deviation = float(np.abs(a - b).max() / np.abs(b).max())
+    return impls, deviation
