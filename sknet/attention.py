@@ -395,7 +395,7 @@ def plot_image(a, i, path, dpi=80):
             ax.imshow(m, cmap="RdBu_r", vmin=-vmax, vmax=vmax, alpha=0.6, extent=(0, w, h, 0),
                       interpolation="bilinear")
             d = diffs[k, a.units.index(unit)]
-            ax.set_title(f"{paper_name(unit)} {m.shape[0]}x{m.shape[1]}\ndiff {d:+.3f}, |map|<={vmax:.2g}",
+            ax.set_title(f"{paper_name(unit)} {m.shape[0]}x{m.shape[1]}\ndiff {d:+.4f}, |map|<={vmax:.2g}",
                          fontsize=7)
             ax.axis("off")
     left, right = bottom.subplots(1, 2)
