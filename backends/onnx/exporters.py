@@ -47,6 +47,11 @@ def from_torch(spec, tensors, opset, fuse_bn, dynamic_batch, batch, size):
     import torch
 
     bt = _import("torch")
+    # Asked beforehand: past its newest opset the exporter dumps its whole IR graph to stderr.
+    top = getattr(getattr(torch.onnx, "_constants", None), "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", None)
+    if top is not None and opset > top:
+        raise SKNetError(f"torch.onnx.export (dynamo=False) writes opsets up to {top}, not {opset}; "
+                         f"use --opset {top} or --via spec")
     model = bt.load_canonical(bt.build(spec), tensors).eval()
     x = torch.zeros(batch, spec.input.in_chans, size, size)
     axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if dynamic_batch else None
