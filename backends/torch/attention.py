@@ -55,7 +55,8 @@ def capture(model, x, keep_branches=()):
 
     ``Capture.weights`` is (B, M, C): the softmax over the M branches per channel.
     Branch outputs (M arrays of (B, C, H, W)) are kept only for the units in
-    ``keep_branches``, as they are large. The model's train/eval mode is left as it is.
+    ``keep_branches``, as they are large. The model's train/eval mode is left as it is; in
+    train mode BN uses the batch's statistics and updates its running ones, as any forward does.
     """
     with torch.no_grad(), recording(model) as cells:
         logits = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
