@@ -273,3 +273,19 @@ def test_info_reports_the_graphs_own_counts(capsys):
     assert (g["nodes"], g["nodes_fused_bn"]) == (213, 177)
     assert g["macs"] == info["macs"] == count_macs(get_spec("skresnet18"), 96)
     assert info["backend_params"] == g["params"] == REFERENCE_PARAMS["skresnet18"]
+
+
+@pytest.mark.parametrize("branches", [[(3, 1)], [(3, 1), (5, 1), (3, 3)]], ids=["M1", "M3"])
+def test_user_spec_with_other_branch_counts(branches, torch):
+    # The graph is generated from the spec, not written for M = 2: one and three branches
+    # (a 5x5 among them) give PyTorch's logits too, BN kept and folded.
+    from backends.onnx.exporters import reference_logits
+
+    spec = get_spec("sknet_small").replace(sk={
+        "branches": [{"kernel_size": k, "dilation": d} for k, d in branches], "split_input": False,
+        "rd_ratio": 0.125, "rd_divisor": 16})
+    tensors = trained_like(spec, seed=3)
+    x = images(spec, 3, size=28)
+    ref = reference_logits("torch", spec, tensors, x)
+    for fuse_bn in (False, True):
+        assert rel_err(bo.run(bo.build_model(spec, tensors, fuse_bn=fuse_bn), x), ref) <= TOL
