@@ -99,7 +99,7 @@ def detect_model(raw, scheme, model=None):
         _, spec, missing, unexpected, bad = closest
         what = f"does not fit model '{spec.name}'" if model else \
             f"fits no registered model (closest: '{spec.name}'; pass --model for your own spec)"
-        raise CheckpointError(f"{raw.path}: {SCHEME_LABEL[scheme]} names {what}: "
+        raise CheckpointError(f"{raw.path} ({SCHEME_LABEL[scheme]} names) {what}: "
                               f"{describe_mismatch(missing, unexpected, bad)}")
     tensors = {tuple((e.name, e.shape) for e in entries(s, scheme)) for s in fits}
     if len(tensors) > 1:  # cannot happen with exact matching; kept so that it can never pass silently

@@ -23,6 +23,21 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REFERENCE = FIXTURES / "reference"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One PyTorch thread: these models are tiny, and on a shared 2-core machine two threads
+    spinning against other jobs cost far more than they gain. Restored after each test."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def random_state(spec, seed=0):
     """Every tensor random (BN statistics too, variances positive), so a swapped or dropped one shows."""
     rng = np.random.default_rng(seed)

@@ -13,12 +13,14 @@ def add_arguments(p):
                    help="names in DST: native (DST's framework's own), timm or mindcv (default: native)")
     p.add_argument("--with-optimizer", action="store_true",
                    help="also convert SGD momentum buffers, epoch and step of a training checkpoint")
+    p.add_argument("--recipe", help="with --with-optimizer: the run's recipe, to group PyTorch SGD "
+                                    "parameters as the trainer does (MindSpore files do not record it)")
 
 
 def run(args):
     from ..convert import convert
 
     report = convert(args.src, args.dst, model=args.model, layout=args.layout,
-                     with_optimizer=args.with_optimizer)
+                     with_optimizer=args.with_optimizer, recipe=args.recipe)
     print(report)
     return 0
