@@ -6,15 +6,16 @@ MindSpore's protobuf hold no code. Writing goes to a temporary file in the desti
 folder that is renamed over the destination only once complete, so a failed or
 interrupted write leaves no partial file behind.
 
-Only PyTorch files need PyTorch and only ``.ckpt`` needs MindSpore; each framework is
-imported when a file of its format is first touched.
+PyTorch files need PyTorch; ``.ckpt`` and safetensors files are parsed here, so reading
+them needs neither MindSpore nor PyTorch, and writing a ``.ckpt`` needs MindSpore. Each
+package is imported when a file of its format is first touched.
 """
 import os
 import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import numpy as np
 
@@ -29,8 +30,12 @@ FORMAT_LABEL = {"torch": "PyTorch", "mindspore": "MindSpore", "safetensors": "sa
 STATE_KEYS = ("state_dict", "model", "state_dict_ema")
 # nn.Momentum names its accumulators 'moments.<parameter name>'; safetensors files use the same.
 MOMENTS = "moments."
-# Scalars a MindSpore training checkpoint carries beside the parameters (contract + nn.Momentum).
-MS_SCALARS = ("epoch", "step", "learning_rate", "global_step", "momentum")
+# Scalars a MindSpore training checkpoint carries beside the parameters: the contract's, and
+# those nn.Momentum and MindSpore's training wrappers (loss scaling, sink mode) save.
+MS_SCALARS = ("epoch", "step", "learning_rate", "global_step", "momentum", "scale_sense",
+              "current_iterator_step", "last_overflow_iterator_step", "epoch_num", "step_num")
+NEEDS = {"torch": ("torch", "torch"), "mindspore": ("mindspore", "mindspore"),
+         "safetensors": ("safetensors", "safetensors")}
 
 
 @dataclass
@@ -55,12 +60,26 @@ def format_of(path):
     return FORMATS[suffix]
 
 
+def _need(fmt, what):
+    """Import the package a format needs now, or say in one line how to get it."""
+    import importlib
+
+    module, extra = NEEDS[fmt]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise CheckpointError(f"{what} a {FORMAT_LABEL[fmt]} file needs the '{module}' package: "
+                              f"pip install 'sknet[{extra}]'") from None
+
+
 def read(path):
     """The tensors, optimizer state and scalars of any supported file; one-line errors."""
     path = str(path)
     fmt = format_of(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
+    if fmt == "torch":  # .ckpt and safetensors are parsed here, without their frameworks
+        _need(fmt, "reading")
     reader = {"torch": _read_torch, "mindspore": _read_mindspore, "safetensors": _read_safetensors}[fmt]
     return reader(path)
 
@@ -72,17 +91,26 @@ def read_canonical(path, spec):
     return canonical_tensors(raw, spec, scheme)[0]
 
 
+def mismatch(tensors, spec, scheme):
+    """(missing, unexpected, 'name (file shape) vs (spec shape)') between a file's tensors and ``spec``.
+
+    ``num_batches_tracked`` may be absent: only PyTorch files have it.
+    """
+    expected = names(spec, scheme)
+    missing = [n for n, e in expected.items() if n not in tensors and e.kind != "tracked"]
+    unexpected = [n for n in tensors if n not in expected]
+    bad = [f"{n} {tuple(np.shape(tensors[n]))} vs {e.shape}" for n, e in expected.items()
+           if n in tensors and e.kind != "tracked" and tuple(np.shape(tensors[n])) != e.shape]
+    return missing, unexpected, bad
+
+
 def canonical_tensors(raw, spec, scheme):
     """(canonical weights, {bn path: num_batches_tracked} or None) of ``raw`` under ``scheme``.
 
-    Every tensor of ``spec`` must be there with its shape and nothing else may be; a
-    missing ``num_batches_tracked`` is not an error (only PyTorch files have them).
+    Every tensor of ``spec`` must be there with its shape and nothing else may be.
     """
     expected = names(spec, scheme)
-    missing = [n for n, e in expected.items() if n not in raw.tensors and e.kind != "tracked"]
-    unexpected = [n for n in raw.tensors if n not in expected]
-    bad = [f"{n} {tuple(np.shape(raw.tensors[n]))} vs {e.shape}" for n, e in expected.items()
-           if n in raw.tensors and e.kind != "tracked" and tuple(np.shape(raw.tensors[n])) != e.shape]
+    missing, unexpected, bad = mismatch(raw.tensors, spec, scheme)
     if missing or unexpected or bad:
         raise CheckpointError(f"{raw.path}: does not fit model '{spec.name}' "
                               f"({describe_mismatch(missing, unexpected, bad)})")
@@ -421,6 +449,7 @@ def write(path, tensors, momentum=None, scalars=None):
     trainers write them.
     """
     fmt = format_of(path)
+    _need(fmt, "writing")
     writer = {"torch": _write_torch, "mindspore": _write_mindspore, "safetensors": _write_safetensors}[fmt]
     atomic_write(path, lambda tmp: writer(tmp, tensors, momentum, scalars or {}))
 
@@ -484,4 +513,11 @@ def _write_mindspore(tmp, tensors, momentum, scalars):
         # nn.Momentum indexes a per-step lr array with global_step: resume where the run stopped.
         params.append({"name": "global_step", "data": tensor(np.array([scalars["step"]], np.int32))})
         append = {"epoch": int(scalars["epoch"]), "step": int(scalars["step"])}
-    ms.save_checkpoint(params, tmp, append_dict=append)
+    try:
+        ms.save_checkpoint(params, tmp, append_dict=append)
+    except BaseException:
+        # MindSpore writes to its own '<name>.tmp' first and leaves it behind when it fails.
+        own = os.path.splitext(tmp)[0] + ".tmp"
+        if os.path.exists(own):
+            os.remove(own)
+        raise

@@ -14,7 +14,8 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .errors import CheckpointError, SKNetError, describe_mismatch
-from .layouts import SCHEME_LABEL, TRACKED, detect_scheme, entries, names, scheme_for
+from .layouts import SCHEME_LABEL, TRACKED, detect_scheme, entries, scheme_for
+from .params import tensor_specs
 from .registry import get_spec, list_models
 
 LAYOUTS = ("native", "timm", "mindcv")
@@ -68,15 +69,6 @@ def _fitted(spec, raw, scheme):
         return spec
 
 
-def _mismatch(spec, raw, scheme):
-    expected = names(spec, scheme)
-    missing = [n for n, e in expected.items() if n not in raw.tensors and e.kind != "tracked"]
-    unexpected = [n for n in raw.tensors if n not in expected]
-    bad = [f"{n} {tuple(np.shape(raw.tensors[n]))} vs {e.shape}" for n, e in expected.items()
-           if n in raw.tensors and e.kind != "tracked" and tuple(np.shape(raw.tensors[n])) != e.shape]
-    return missing, unexpected, bad
-
-
 def detect_model(raw, scheme, model=None):
     """The spec the file's keys and shapes fit; ``model`` (name, alias or YAML) pins it.
 
@@ -89,7 +81,7 @@ def detect_model(raw, scheme, model=None):
     fits, closest = [], None
     for spec in candidates:
         spec = _fitted(spec, raw, scheme)
-        missing, unexpected, bad = _mismatch(spec, raw, scheme)
+        missing, unexpected, bad = ckpt.mismatch(raw.tensors, spec, scheme)
         errors = len(missing) + len(unexpected) + len(bad)
         if errors == 0:
             fits.append(spec)
@@ -287,9 +279,13 @@ def convert(src, dst, model=None, layout="native", with_optimizer=False, recipe=
 def export(spec, tensors, dst, layout="native", tracked=None, momentum=None, scalars=None):
     """Write a canonical state of ``spec`` (and optionally optimizer state) to ``dst`` in ``layout``."""
     dst_scheme = scheme_for(layout, ckpt.format_of(dst))
-    missing = [name for name, *_ in _tensor_names(spec) if name not in tensors]
-    if missing:
-        raise CheckpointError(f"export of '{spec.name}': {describe_mismatch(missing)}")
+    expected = {name: shape for name, shape, _, _ in tensor_specs(spec)}
+    missing = [n for n in expected if n not in tensors]
+    unexpected = [n for n in tensors if n not in expected]
+    bad = [f"{n} {tuple(np.shape(tensors[n]))} vs {expected[n]}" for n in expected
+           if n in tensors and tuple(np.shape(tensors[n])) != expected[n]]
+    if missing or unexpected or bad:
+        raise CheckpointError(f"export of '{spec.name}': {describe_mismatch(missing, unexpected, bad)}")
     out = layout_tensors(spec, dst_scheme, tensors, tracked)
     if momentum is not None:
         scalars = dict(scalars or {})
@@ -305,8 +301,3 @@ def _renamed(spec, scheme, momentum, scalars):
     groups = [(hyper, [name[n] for n in group]) for hyper, group in scalars.get("groups", [])]
     return {name[k]: v for k, v in momentum.items()}, dict(scalars, groups=groups)
 
-
-def _tensor_names(spec):
-    from .params import tensor_specs
-
-    return tensor_specs(spec)
