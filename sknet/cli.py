@@ -5,6 +5,7 @@ one line on stderr with exit status 2; nothing else is caught.
 """
 import argparse
 import importlib
+import os
 import sys
 
 from .errors import SKNetError
@@ -43,6 +44,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"sknet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
