@@ -516,3 +516,47 @@ def test_cli_prints_what_it_did(small_file, tmp_path, capsys):
     assert main(["convert", str(src), str(tmp_path / "x.safetensors"), "--layout", "mindcv"]) == 0
     out = capsys.readouterr().out
     assert "sknet_small" in out and "mindcv names" in out and "x.safetensors" in out
+
+
+def test_training_checkpoint_layouts_of_timm_and_ddp_are_found(tmp_path, torch):
+    """Weights nested under state_dict / model / state_dict_ema, with DDP's 'module.' prefix."""
+    spec = get_spec("sknet_small")
+    state = random_state(spec, 4)
+    plain = ckpt.read(export(spec, state, tmp_path / "plain.pth")).tensors
+    nested = {k: torch.from_numpy(v) for k, v in plain.items()}
+    ddp = {f"module.{k}": v for k, v in nested.items()}
+    for i, obj in enumerate([{"epoch": 3, "arch": "sknet_small", "state_dict": ddp, "optimizer": {}},
+                             {"model": nested, "epoch": 1, "step": 10},
+                             {"state_dict_ema": nested, "metric": 0.5}]):
+        torch.save(obj, tmp_path / f"{i}.pth")
+        convert(tmp_path / f"{i}.pth", tmp_path / f"{i}.safetensors")
+        same_state(state, ckpt.read_canonical(tmp_path / f"{i}.safetensors", spec))
+
+
+def test_ckpt_reader_agrees_with_mindspores_own_loader(tmp_path, ms):
+    """Our .ckpt parser against mindspore.load_checkpoint: dtypes, scalars, strings, crc trailer."""
+    rng = np.random.default_rng(0)
+    arrays = {"w16": rng.standard_normal((3, 4)).astype(np.float16), "w32": rng.standard_normal((2, 3, 1, 1)).astype(np.float32),
+              "w64": rng.standard_normal(5), "i32": np.arange(7, dtype=np.int32), "u8": np.arange(4, dtype=np.uint8),
+              "flag": np.array([True, False]), "scalar": np.array(5, np.int64)}
+    for crc in (False, True):
+        path = str(tmp_path / f"x{crc}.ckpt")
+        ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in arrays.items()], path,
+                           append_dict={"epoch": 3, "step": 7, "note": "hello"}, crc_check=crc)
+        theirs = ms.load_checkpoint(path)
+        ours = ckpt.read(path)
+        assert ours.scalars["epoch"] == int(theirs["epoch"].asnumpy()) == 3
+        assert ours.scalars["step"] == 7 and ours.scalars["note"] == theirs["note"] == "hello"
+        assert list(ours.tensors) == list(arrays)
+        for k, v in ours.tensors.items():
+            ref = theirs[k].asnumpy()
+            assert v.dtype == ref.dtype and v.shape == ref.shape and v.tobytes() == ref.tobytes(), k
+
+
+def test_a_missing_package_is_one_line_and_writes_nothing(small_file, tmp_path, capsys, monkeypatch):
+    _, src = small_file
+    monkeypatch.setitem(ckpt.NEEDS, "mindspore", ("no_such_package_for_this_test", "mindspore"))
+    dst = tmp_path / "dst.ckpt"
+    rc, err = cli(capsys, src, dst)
+    assert_refused(rc, err, dst, "writing a MindSpore file needs the 'no_such_package_for_this_test' package",
+                   "pip install 'sknet[mindspore]'")
