@@ -513,6 +513,10 @@ def _write_mindspore(tmp, tensors, momentum, scalars):
         # nn.Momentum indexes a per-step lr array with global_step: resume where the run stopped.
         params.append({"name": "global_step", "data": tensor(np.array([scalars["step"]], np.int32))})
         append = {"epoch": int(scalars["epoch"]), "step": int(scalars["step"])}
+        if scalars.get("recipe") is not None:
+            # A string entry: MindSpore's loader returns it as a str, and converting the file
+            # back to PyTorch then knows how the trainer grouped the parameters.
+            append["recipe"] = str(scalars["recipe"])
     try:
         ms.save_checkpoint(params, tmp, append_dict=append)
     except BaseException:

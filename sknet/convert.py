@@ -33,13 +33,14 @@ class Report:
     tensors: int
     optimizer: bool
     seconds: float
+    note: str = ""
 
     def __str__(self):
         fmt = ckpt.FORMAT_LABEL
         opt = " with optimizer state" if self.optimizer else ""
         return (f"{self.src} ({fmt[self.src_format]}, {SCHEME_LABEL[self.src_scheme]} names) -> "
                 f"{self.dst} ({fmt[self.dst_format]}, {SCHEME_LABEL[self.dst_scheme]} names): "
-                f"{self.model}, {self.tensors} tensors{opt} in {self.seconds:.2f} s")
+                f"{self.model}, {self.tensors} tensors{opt} in {self.seconds:.2f} s{self.note}")
 
 
 # ---------------------------------------------------------------- model detection
@@ -272,8 +273,11 @@ def convert(src, dst, model=None, layout="native", with_optimizer=False, recipe=
         momentum, scalars = _renamed(spec, dst_scheme, canonical_momentum, scalars)
     out = layout_tensors(spec, dst_scheme, weights, tracked)
     ckpt.write(dst, out, momentum, scalars)
+    note = ""
+    if with_optimizer and dst_format == "torch" and raw.format != "torch" and not scalars.get("recipe"):
+        note = " (one SGD param group: pass --recipe to group parameters as the trainer does)"
     return Report(str(src), str(dst), spec.name, raw.format, scheme, dst_format, dst_scheme, len(out),
-                  with_optimizer, time.perf_counter() - start)
+                  with_optimizer, time.perf_counter() - start, note)
 
 
 def export(spec, tensors, dst, layout="native", tracked=None, momentum=None, scalars=None):

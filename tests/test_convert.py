@@ -328,7 +328,8 @@ def test_grouped_optimizer_state_round_trips_and_resumes_identically(named, tmp_
     assert set(raw.optimizer) == {ms_names[n] for n in buffers}
     for n, buf in buffers.items():
         assert raw.optimizer[ms_names[n]].tobytes() == buf.tobytes(), n
-    convert(tmp_path / "train.ckpt", tmp_path / "back.pth", with_optimizer=True, recipe=recipe)
+    assert raw.scalars["recipe"] == recipe  # so converting back groups parameters as the trainer did
+    convert(tmp_path / "train.ckpt", tmp_path / "back.pth", with_optimizer=True)
     back = torch.load(tmp_path / "back.pth", weights_only=True)
     assert (back["epoch"], back["step"], back["recipe"]) == (1, 2, recipe)
 
@@ -560,3 +561,38 @@ def test_a_missing_package_is_one_line_and_writes_nothing(small_file, tmp_path, 
     rc, err = cli(capsys, src, dst)
     assert_refused(rc, err, dst, "writing a MindSpore file needs the 'no_such_package_for_this_test' package",
                    "pip install 'sknet[mindspore]'")
+
+
+def test_a_mindspore_run_without_recipe_needs_recipe_for_torch_groups(tmp_path, capsys, ms):
+    """A .ckpt as the MindSpore trainer writes it (moments, epoch, step, lr array, global_step)."""
+    spec = get_spec("sknet_small")
+    rng = np.random.default_rng(0)
+    params = [{"name": e.name, "data": ms.Tensor(v)}
+              for e, v in zip(entries(spec, "mindspore"), layout_tensors(spec, "mindspore", random_state(spec)).values())]
+    params += [{"name": "moments." + e.name, "data": ms.Tensor(rng.standard_normal(e.shape).astype(np.float32))}
+               for e in entries(spec, "mindspore") if e.trainable]
+    params += [{"name": "global_step", "data": ms.Tensor(np.array([3], np.int32))},
+               {"name": "learning_rate", "data": ms.Tensor(np.array([0.1, 0.2, 0.3, 0.4], np.float32))}]
+    ms.save_checkpoint(params, str(tmp_path / "run.ckpt"), append_dict={"epoch": 0, "step": 3})
+    assert main(["convert", str(tmp_path / "run.ckpt"), str(tmp_path / "one.pth"), "--with-optimizer"]) == 0
+    assert "pass --recipe" in capsys.readouterr().out
+    import torch
+
+    one = torch.load(tmp_path / "one.pth", weights_only=True)["optimizer"]
+    assert len(one["param_groups"]) == 1 and one["param_groups"][0]["lr"] == pytest.approx(0.4)
+    assert main(["convert", str(tmp_path / "run.ckpt"), str(tmp_path / "two.pth"), "--with-optimizer",
+                 "--recipe", "fashion_mnist_small"]) == 0
+    two = torch.load(tmp_path / "two.pth", weights_only=True)
+    decays = [g["weight_decay"] for g in two["optimizer"]["param_groups"]]
+    assert decays == [5e-4, 0.0] and two["step"] == 3 and two["recipe"] == "fashion_mnist_small"
+    # conv/linear weights decay, BN and biases not (the recipe's rule), each buffer under its name
+    kinds = {n: k for n, _, k, _ in tensor_specs(spec)}
+    decayed = two["optimizer"]["param_groups"][0]["param_names"]
+    assert decayed == [n for n, _, k, t in tensor_specs(spec) if t and k != "bn" and n.endswith(".weight")]
+    assert {kinds[n] for n in two["optimizer"]["param_groups"][1]["param_names"]} <= {"bn", "linear"}
+    moments = ckpt.read(tmp_path / "run.ckpt").optimizer
+    for group in two["optimizer"]["param_groups"]:
+        for pid, name in zip(group["params"], group["param_names"]):
+            kind = next(e for e in entries(spec, "torch") if e.name == name)
+            ms_name = next(e.name for e in entries(spec, "mindspore") if e.canonical == kind.canonical)
+            assert np.array_equal(two["optimizer"]["state"][pid]["momentum_buffer"].numpy(), moments[ms_name])
