@@ -168,6 +168,10 @@ def _torch_momentum(raw, spec, scheme, recipe=None):
             raise CheckpointError(f"{raw.path}: optimizer groups of {sizes} parameters are not recipe "
                                   f"'{recipe}'s {[len(n) for _, n in expected]}")
         order = [by_canonical[n] for _, group in expected for n in group]
+    other = sorted({k for st in opt["state"].values() for k in st if k != "momentum_buffer"})
+    if other:
+        raise CheckpointError(f"{raw.path}: optimizer state holds {', '.join(other[:3])}: not SGD with "
+                              f"momentum, which is all --with-optimizer converts")
     momentum, bad = {}, []
     for pid, e in zip(ids, order):
         buf = opt["state"].get(pid, {}).get("momentum_buffer")

@@ -494,6 +494,34 @@ def test_unreadable_and_unknown(tmp_path, capsys):
     (tmp_path / "text.pth").write_text("hello")
     rc, err = cli(capsys, tmp_path / "text.pth", dst)
     assert_refused(rc, err, dst, "text.pth: cannot read as a PyTorch checkpoint")
+    (tmp_path / "text.safetensors").write_text("hello")
+    rc, err = cli(capsys, tmp_path / "text.safetensors", dst)
+    assert_refused(rc, err, dst, "text.safetensors: cannot read as safetensors")
+    (tmp_path / "text.ckpt").write_text("hello there")
+    rc, err = cli(capsys, tmp_path / "text.ckpt", dst)
+    assert_refused(rc, err, dst, "text.ckpt: cannot read as a MindSpore checkpoint")
+
+
+def test_destination_folder_must_exist(small_file, tmp_path, capsys):
+    _, src = small_file
+    dst = tmp_path / "no" / "such" / "dir" / "x.pth"
+    rc, err = cli(capsys, src, dst)
+    assert rc == 2 and len(err.splitlines()) == 1 and "folder" in err and "does not exist" in err
+    assert not (tmp_path / "no").exists()
+
+
+def test_an_adam_state_is_not_taken_for_sgd(tmp_path, torch):
+    import backends.torch as bt
+
+    spec = get_spec("sknet_small")
+    model = bt.build(spec)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.from_numpy(images(spec, 2))).sum().backward()
+    opt.step()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 0, "step": 1}, tmp_path / "a.pth")
+    with pytest.raises(CheckpointError, match="exp_avg.*not SGD with momentum"):
+        convert(tmp_path / "a.pth", tmp_path / "a.ckpt", with_optimizer=True)
+    assert not (tmp_path / "a.ckpt").exists()
 
 
 def test_a_failed_write_leaves_the_old_destination_and_no_temp_file(small_file, tmp_path, monkeypatch):
