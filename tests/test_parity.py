@@ -1,0 +1,142 @@
+"""Cross-backend parity: the same weights and inputs give the same numbers on PyTorch and MindSpore.
+
+Batch 8 at 64 px: at batch 2 the SK attention's BN sees two values per channel, its
+output is +-1 whatever the input, and fp32 gradients through it are cancellation
+residues (PyTorch fp32 against fp64: 1.6e-2) -- no check of two fp32 frameworks could
+pass or mean anything there. At 8 the same measure is 8e-6 (docs/parity.md).
+"""
+import json
+
+import numpy as np
+import pytest
+
+from sknet import get_spec
+from sknet.parity.checks import TOLERANCES, inputs, make_setup, run_checks
+from sknet.parity.report import compare, compare_many, errors
+
+BATCH, SIZE = 8, 64
+REQUIRED = ["skresnet18", "skresnext50_32x4d"]
+
+
+def by_name(results):
+    return {r.name: r for r in results}
+
+
+def assert_all_pass(results):
+    bad = [f"{r.name}: {r.max_rel:.3e} > {r.tol:.0e} ({r.worst})" for r in results if r.passed is not True]
+    assert not bad, "; ".join(bad)
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_four_checks_pynative(name, torch, pynative):
+    setup = make_setup(get_spec(name), batch=BATCH, size=SIZE, mode="pynative", steps=10)
+    results = run_checks(setup, ["eval", "train", "grad", "steps"])
+    assert_all_pass(results)
+    r = by_name(results)
+    assert r["eval"].tol == 1e-5 and r["grad"].tol == 1e-4 and r["steps.weights"].tol == 1e-4
+    # Every trainable tensor was compared, and the steps really trained (lr > 0 after warm-up).
+    trainable = sum(1 for *_, t in __import__("sknet.params", fromlist=["x"]).tensor_specs(setup.spec) if t)
+    assert r["grad"].details["tensors"] == trainable
+    assert max(r["steps.loss"].details["lr"]) > 0
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_eval_and_grad_graph(name, torch, graph):
+    setup = make_setup(get_spec(name), batch=BATCH, size=SIZE, mode="graph")
+    assert_all_pass(run_checks(setup, ["eval", "grad"]))
+
+
+@pytest.mark.parametrize("mode", ["pynative", "graph"])
+def test_mindspore_bn_running_var_is_unbiased_like_pytorch(mode, ms, torch):
+    """The known trap, measured: both update running_var with the n/(n-1) batch variance."""
+    from mindspore import nn
+
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    ms.set_device("CPU")
+    try:
+        x = np.random.default_rng(0).standard_normal((2, 4, 3, 3)).astype(np.float32) * 3 + 1
+        bn = nn.BatchNorm2d(4, momentum=0.9)  # MindSpore's 0.9 = PyTorch's 0.1
+        bn.set_train(True)
+        y = bn(ms.Tensor(x)).asnumpy()
+        n = x.shape[0] * x.shape[2] * x.shape[3]  # 18 values: biased and unbiased differ by 6 %
+        biased = x.astype(np.float64).var(axis=(0, 2, 3))
+        expected = 0.9 * 1.0 + 0.1 * biased * n / (n - 1)
+        np.testing.assert_allclose(bn.moving_variance.asnumpy(), expected, rtol=1e-6)
+        assert np.abs(bn.moving_variance.asnumpy() - (0.9 + 0.1 * biased)).max() > 1e-2
+        # ...while the output is normalised with the biased variance, as PyTorch does.
+        mean = x.astype(np.float64).mean(axis=(0, 2, 3), keepdims=True)
+        ref = (x - mean) / np.sqrt(biased.reshape(1, -1, 1, 1) + 1e-5)
+        np.testing.assert_allclose(y, ref, atol=1e-5)
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+def test_errors_are_relative_to_the_largest_reference_value():
+    ref = np.array([[1000.0, 1e-3], [-2000.0, 0.0]])
+    out = ref + np.array([[0.0, 1e-3], [0.02, 0.0]])
+    abs_err, rel_err = errors(ref, out)
+    assert abs_err == pytest.approx(0.02) and rel_err == pytest.approx(1e-5)
+    assert compare("x", ref, out, 1e-5).passed and not compare("x", ref, out, 9e-6).passed
+    assert errors(np.zeros(3), np.zeros(3)) == (0.0, 0.0)
+    assert errors(np.zeros(3), np.array([0, 1e-9, 0]))[1] == float("inf")
+    assert errors(np.ones(2), np.array([1.0, np.nan]))[1] == float("inf")
+    many = compare_many("m", {"a": np.ones(3), "b": np.full(3, 1e-6)},
+                        {"a": np.ones(3), "b": np.full(3, 2e-6)}, 1e-4)
+    # Each tensor on its own scale: a tiny tensor 100 % off fails although its absolute error is 1e-6.
+    assert not many.passed and many.worst == "b" and many.details["failed"] == ["b"]
+
+
+def run_cli(capsys, *argv):
+    from sknet.cli import main
+
+    code = main(["parity", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_json_passes_on_a_small_model(capsys, torch, pynative):
+    code, out, _ = run_cli(capsys, "sknet_small", "--json", "--checks", "eval,train,grad,onnx",
+                           "--batch", "8", "--size", "16")
+    report = json.loads(out)
+    assert code == 0 and report["passed"] and report["failed"] == []
+    names = [c["name"] for c in report["checks"]]
+    assert names == ["eval", "train", "train.bn_stats", "grad", "onnx"]
+    for c in report["checks"]:
+        assert set(c) >= {"name", "max_abs", "max_rel", "tol", "passed"}
+        assert c["passed"] is True and c["max_rel"] <= c["tol"]
+
+
+def test_cli_rejects_an_unknown_check(capsys):
+    code, out, err = run_cli(capsys, "sknet_small", "--checks", "eval,speed")
+    assert code == 2 and out == "" and "unknown check 'speed'" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("tensor, first", [
+    # A branch conv of the second SK unit: its branch diverges first, not the stem or unit 1.
+    ("layer2.0.conv1.paths.1.conv.weight", "layer2.0.conv1.paths.1"),
+    # A plain conv after the SK unit: the unit agrees, the conv's own output does not.
+    ("layer1.0.conv2.conv.weight", "layer1.0.conv2"),
+    # The attention's BN: the branches agree, the selection weights do not.
+    ("layer3.0.conv1.attn.bn.weight", "layer3.0.conv1.attn"),
+])
+def test_layers_names_the_corrupted_layer_first(tensor, first, tmp_path, capsys, torch, pynative):
+    """MindSpore gets a checkpoint with one tensor 1 % off; --layers must point at it."""
+    from sknet.convert import export
+    from sknet.params import init_state
+
+    spec = get_spec("sknet_small")
+    state = init_state(spec, seed=0)
+    bad = dict(state)
+    bad[tensor] = state[tensor] * np.float32(1.01)
+    export(spec, bad, str(tmp_path / "bad.ckpt"))
+    code, out, _ = run_cli(capsys, "sknet_small", "--checks", "eval", "--layers", "--json", "--batch", "4",
+                           "--mindspore-checkpoint", str(tmp_path / "bad.ckpt"))
+    report = json.loads(out)
+    layers = report["layers"]
+    assert code == 1 and not report["passed"]
+    assert layers["first_divergence"] == first and tensor in layers["suspects"]
+    assert layers["differing_weights"] == [tensor]
+    points = [p["name"] for p in layers["points"]]
+    # Everything before the corrupted layer agrees within the eval tolerance.
+    assert all(p["passed"] for p in layers["points"][:points.index(first)])
+    assert points[0] == "stem" and points[-1] == "logits"
