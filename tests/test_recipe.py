@@ -147,13 +147,14 @@ def test_mindcv_schedule_matches_mindspore_schedules(ms):
     warm_steps, decay_steps = 5 * spe, 195 * spe
     warmup = ms.nn.WarmUpLR(0.1, warm_steps)
     cosine = ms.nn.CosineDecayLR(0.0, 0.1, decay_steps)
-    steps = list(range(0, 3 * warm_steps)) + list(range(3 * warm_steps, len(lrs), 9)) + [len(lrs) - 1]
+    steps = list(range(0, 3 * warm_steps)) + list(range(3 * warm_steps, len(lrs), 5)) + [len(lrs) - 1]
     for i in steps:
         if i < warm_steps:
             ref = float(warmup(ms.Tensor(i, ms.int32)).asnumpy())
         else:
             ref = float(cosine(ms.Tensor(i - warm_steps, ms.int32)).asnumpy())
-        assert lrs[i] == pytest.approx(ref, rel=2e-6, abs=1e-8), i
+        # float32 cos of a float32 argument: errors are absolute, a few ulps of the peak lr.
+        assert abs(lrs[i] - ref) <= 4 * np.finfo(np.float32).eps * 0.1, i
 
 
 def test_per_epoch_cosine_matches_mindspore_cosine_decay_lr(ms):
