@@ -7,10 +7,8 @@ import mindspore as ms
 import numpy as np
 
 from sknet.errors import CheckpointError, describe_mismatch
+from sknet.layouts import MS_BN as BN_NAMES
 from sknet.params import tensor_specs
-
-BN_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
-            "running_var": "moving_variance"}
 
 
 def ms_name(name, kind):
