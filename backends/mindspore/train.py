@@ -217,7 +217,7 @@ def run(opts, step_hook=None):
     """Train per ``opts``; ``step_hook(step, net, optimizer)`` after every step (tests)."""
     recipe, spec, train, val = load_run(opts)
     world = World(opts.device, recipe.device)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     ms.set_seed(recipe.seed)
     run_dir = RunDir(opts.out or default_out(recipe, "mindspore"), "mindspore")
     if world.rank == 0:
@@ -257,7 +257,9 @@ def run(opts, step_hook=None):
         world.average_buffers(net)
         if world.rank == 0:
             save_checkpoint(run_dir.last, net, optimizer, epoch_done, step, lrs)
-            last_good = (run_dir.last, step)
+        # Everyone waits for rank 0's write, so no rank reports a checkpoint that is not on disk.
+        world.all_sum([0.0])
+        last_good = (run_dir.last, step)
 
     try:
         net.set_train(True)
@@ -306,8 +308,11 @@ def run(opts, step_hook=None):
         if not world.distributed:
             raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TrainError(f"rank {world.rank}: lost contact with another worker at step {step} ({first}); "
+        raise TrainError(f"rank {world.rank}: stopped at step {step}: {first} (a worker died or the launcher "
+                         f"stopped the job); "
                          f"last good checkpoint: {last_good[0] or 'none'} (step {last_good[1]})") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     digests = run_dir.path / "digests"
     digests.mkdir(parents=True, exist_ok=True)
     digest = state_digest(net)

@@ -158,7 +158,7 @@ def run(opts, step_hook=None):
     ``step_hook(step, model, optimizer)`` is called after every optimizer step (tests).
     """
     world = World(opts.device)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     recipe, spec, train, val = load_run(opts)
     torch.manual_seed(recipe.seed)
     run_dir = RunDir(opts.out or default_out(recipe, "torch"), "torch")
@@ -203,7 +203,9 @@ def run(opts, step_hook=None):
         world.average_buffers(model)
         if world.rank == 0:
             save_checkpoint(run_dir.last, model, optimizer, epoch_done, step, recipe.name)
-            last_good = (run_dir.last, step)
+        # Everyone waits for rank 0's write, so no rank reports a checkpoint that is not on disk.
+        world.all_sum([0.0])
+        last_good = (run_dir.last, step)
 
     try:
         net.train()
@@ -264,8 +266,11 @@ def run(opts, step_hook=None):
         if not world.distributed:
             raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TrainError(f"rank {world.rank}: lost contact with another worker at step {step} ({first}); "
+        raise TrainError(f"rank {world.rank}: stopped at step {step}: {first} (a worker died or the launcher "
+                         f"stopped the job); "
                          f"last good checkpoint: {last_good[0] or 'none'} (step {last_good[1]})") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     digest = state_digest(model)
     digests = run_dir.path / "digests"
     digests.mkdir(parents=True, exist_ok=True)
