@@ -27,12 +27,29 @@ def add_arguments(p):
     p.add_argument("--ckpt-every", type=int, help="write OUT/last every K steps (default: about 10 %% of an epoch)")
     p.add_argument("--seed", type=int, help="override the recipe's seed")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field by its dotted key, value in YAML (e.g. data.crop=none); repeatable")
+
+
+def parse_sets(items):
+    import yaml
+
+    from .errors import SKNetError
+
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SKNetError(f"--set {item}: expected KEY=VALUE (e.g. optimizer.lr=0.05)")
+        out.append((key.strip(), yaml.safe_load(value)))
+    return tuple(out)
 
 
 def options(args):
     return Options(recipe=args.recipe, backend=args.backend, device=args.device, resume=args.resume,
                    out=args.out, epochs=args.epochs, max_steps=args.max_steps, subset=args.subset,
-                   val_subset=args.val_subset, ckpt_every=args.ckpt_every, seed=args.seed, quiet=args.quiet)
+                   val_subset=args.val_subset, ckpt_every=args.ckpt_every, seed=args.seed, quiet=args.quiet,
+                   sets=parse_sets(args.sets))
 
 
 def train(opts, step_hook=None):

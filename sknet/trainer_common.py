@@ -46,6 +46,8 @@ class Options:
     ckpt_every: int = None
     seed: int = None
     quiet: bool = False
+    # ((dotted recipe key, YAML value), ...) from --set KEY=VALUE
+    sets: tuple = ()
 
 
 def default_out(recipe, backend):
@@ -266,12 +268,14 @@ def load_run(opts):
         overrides["epochs"] = opts.epochs
     if opts.seed is not None:
         overrides["seed"] = opts.seed
+    overrides.update(dict(opts.sets))
     if opts.epochs is not None and opts.epochs <= 0:
         raise TrainError(f"--epochs must be >= 1, got {opts.epochs}")
     recipe = load_recipe(opts.recipe)
     if overrides:
         # A shorter run keeps the recipe's warm-up only if it still fits.
-        if "epochs" in overrides and recipe.schedule.warmup_epochs >= overrides["epochs"]:
+        if "epochs" in overrides and "schedule.warmup_epochs" not in overrides \
+                and recipe.schedule.warmup_epochs >= overrides["epochs"]:
             overrides["schedule.warmup_epochs"] = 0.0
         recipe = recipe.replace(overrides)
     spec = recipe.model_spec()
