@@ -12,6 +12,7 @@ import pytest
 
 from sknet import get_spec
 from sknet.parity.checks import TOLERANCES, inputs, make_setup, run_checks
+from sknet.params import tensor_specs
 from sknet.parity.report import compare, compare_many, errors
 
 BATCH, SIZE = 8, 64
@@ -35,9 +36,11 @@ def test_four_checks_pynative(name, torch, pynative):
     r = by_name(results)
     assert r["eval"].tol == 1e-5 and r["grad"].tol == 1e-4 and r["steps.weights"].tol == 1e-4
     # Every trainable tensor was compared, and the steps really trained (lr > 0 after warm-up).
-    trainable = sum(1 for *_, t in __import__("sknet.params", fromlist=["x"]).tensor_specs(setup.spec) if t)
-    assert r["grad"].details["tensors"] == trainable
+    assert r["grad"].details["tensors"] == sum(1 for *_, t in tensor_specs(setup.spec) if t)
     assert max(r["steps.loss"].details["lr"]) > 0
+    # Most tensors are held to 1e-4; only a few (BN betas) are where fp32 itself is not.
+    held = r["steps.weights"].details["tensors"]
+    assert held >= 0.85 * len(tensor_specs(setup.spec))
 
 
 @pytest.mark.parametrize("name", REQUIRED)

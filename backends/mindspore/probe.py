@@ -59,7 +59,7 @@ def sgd(net, batches, lrs, weight_decay, momentum, nesterov, label_smoothing):
     step = nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn(label_smoothing)), opt)
     step.set_train(True)
     losses = [float(step(ms.Tensor(x), ms.Tensor(y.astype(np.int32))).asnumpy()) for x, y in batches]
-    return np.array(losses), to_canonical(net)
+    return np.array(losses), to_canonical(net), None
 
 
 def capture(net, x, paths):

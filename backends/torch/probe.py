@@ -23,6 +23,16 @@ def build(spec, state, dtype="float32"):
     return model.to(DTYPES[dtype])
 
 
+def math(fast):
+    """A context running the model's fast CPU paths (``fast``) or module by module.
+
+    The module-by-module math is the model's definition; the fast paths (BN folding,
+    fused oneDNN calls, NHWC, the two-branch gate rewrite) must compute the same.
+    """
+    plain = getattr(layers, "plain_math", None)
+    return contextlib.nullcontext() if fast or plain is None else plain()
+
+
 def forward(model, x, train=False):
     """(logits, canonical state after the pass): a training pass updates the BN statistics."""
     model.train(train)
@@ -49,7 +59,8 @@ def grads(model, x, y):
 def sgd(model, batches, lrs, weight_decay, momentum, nesterov, label_smoothing):
     """Train ``len(batches)`` steps of SGD; lrs[i] at step i, ``weight_decay[name]`` per tensor.
 
-    Returns (loss before each step, canonical state after the last).
+    Returns (loss before each step, canonical state after the last, {name: largest
+    elementwise sum of |update| over the steps}): the scale of what each tensor summed.
     """
     model.train()
     groups = {}
@@ -59,6 +70,7 @@ def sgd(model, batches, lrs, weight_decay, momentum, nesterov, label_smoothing):
                           lr=float(lrs[0]), momentum=momentum, nesterov=nesterov)
     crit = loss_fn(label_smoothing)
     dtype = next(model.parameters()).dtype
+    travel = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     losses = []
     for (x, y), lr in zip(batches, lrs):
         for g in opt.param_groups:
@@ -66,9 +78,12 @@ def sgd(model, batches, lrs, weight_decay, momentum, nesterov, label_smoothing):
         opt.zero_grad(set_to_none=True)
         loss = crit(model(torch.from_numpy(x).to(dtype)), torch.from_numpy(y).long())
         loss.backward()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
         opt.step()
+        for n, p in model.named_parameters():
+            travel[n] += (p.detach() - before[n]).abs()
         losses.append(float(loss.detach()))
-    return np.array(losses), to_canonical(model)
+    return np.array(losses), to_canonical(model), {n: float(t.max()) for n, t in travel.items()}
 
 
 def capture(model, x, paths):
@@ -86,9 +101,8 @@ def capture(model, x, paths):
         handles.append(module.register_forward_hook(hook))
     # Module by module: a fused inference path (BN folded, residual add and ReLU in one
     # call) would skip the hooks or record a sum where a layer's own output belongs.
-    plain = getattr(layers, "plain_math", contextlib.nullcontext)
     try:
-        with torch.no_grad(), plain():
+        with torch.no_grad(), math(fast=False):
             model(torch.from_numpy(x).to(next(model.parameters()).dtype))
     finally:
         for h in handles:

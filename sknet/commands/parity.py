@@ -20,6 +20,12 @@ def add_arguments(p):
     p.add_argument("--size", type=int, help="input size (default: the spec's)")
     p.add_argument("--mode", choices=["pynative", "graph"], default="pynative", help="MindSpore's mode")
     p.add_argument("--steps", type=int, default=10, help="SGD steps of the steps check (default 10)")
+    p.add_argument("--steps-per-epoch", type=int, default=1000,
+                   help="where in the recipe's schedule the steps sit: the first steps of a run "
+                        "with this many steps an epoch (default %(default)s)")
+    p.add_argument("--torch-fast", action="store_true",
+                   help="run PyTorch's fast CPU paths (BN folding, fusion, NHWC, gate rewrite) "
+                        "instead of its module-by-module math")
     p.add_argument("--recipe", default=DEFAULT_RECIPE,
                    help="recipe whose optimizer, lr schedule, weight decay and label smoothing the steps check uses")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the inputs")
@@ -40,8 +46,8 @@ def run(args):
 
     checks = parse_checks(args.checks)
     spec = get_spec(args.model)
-    if args.batch < 1 or (args.size is not None and args.size < 8) or args.steps < 1:
-        raise SKNetError("--batch and --steps must be >= 1 and --size >= 8")
+    if min(args.batch, args.steps, args.steps_per_epoch) < 1 or (args.size is not None and args.size < 8):
+        raise SKNetError("--batch, --steps and --steps-per-epoch must be >= 1 and --size >= 8")
     size = args.size or spec.input.size
     state = ms_state = None
     if args.checkpoint or args.mindspore_checkpoint:
@@ -52,7 +58,8 @@ def run(args):
         if args.mindspore_checkpoint:
             ms_state = read_canonical(args.mindspore_checkpoint, spec)
     setup = make_setup(spec, state, ms_state=ms_state, batch=args.batch, size=size, seed=args.seed,
-                       mode=args.mode, recipe=args.recipe, steps=args.steps, floor=args.floor)
+                       mode=args.mode, recipe=args.recipe, steps=args.steps, floor=args.floor,
+                       steps_per_epoch=args.steps_per_epoch, torch_fast=args.torch_fast)
     results = run_checks(setup, checks)
     layer = None
     if args.layers:

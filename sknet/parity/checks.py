@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import SKNetError
 from ..params import tensor_specs
-from .report import Result, compare, compare_many, skipped
+from .report import Result, compare, compare_many, errors, skipped
 
 TOLERANCES = {
     "eval": 1e-5,
@@ -45,7 +45,9 @@ class Setup:
     mode: str = "pynative"
     recipe: str = DEFAULT_RECIPE
     steps: int = 10
+    steps_per_epoch: int = 1000       # where in the recipe's schedule the steps sit (see sgd_plan)
     floor: bool = False               # also measure PyTorch fp32 against PyTorch fp64
+    torch_fast: bool = False          # PyTorch's fast CPU paths instead of its module-by-module math
 
     @property
     def mindspore_state(self):
@@ -137,9 +139,11 @@ def sgd_plan(setup):
     from ..schedule import learning_rates, weight_decay_of
 
     recipe = load_recipe(setup.recipe)
-    # One step per epoch (at least as many as ``steps``): ten steps then walk through the
-    # first epochs of the schedule, warm-up included, instead of ten nearly equal lrs.
-    per_epoch = max(1, math.ceil(setup.steps / recipe.epochs))
+    # The first steps of a run with ``steps_per_epoch`` steps an epoch (at least enough
+    # for ``steps`` in all): an ImageNet epoch at batch 64 is 20k steps; compressing the
+    # warm-up to a step or two an epoch makes ten steps chaotic, PyTorch fp32 against
+    # fp64 included (docs/parity.md), and then no two fp32 frameworks could agree.
+    per_epoch = max(setup.steps_per_epoch, math.ceil(setup.steps / recipe.epochs))
     lrs = learning_rates(recipe, per_epoch, world_size=1)[: setup.steps]
     decay = {name: weight_decay_of(name, kind, recipe)
              for name, _, kind, trainable in tensor_specs(setup.spec) if trainable}
@@ -150,27 +154,38 @@ def sgd_plan(setup):
 
 def check_steps(setup, tp, mp):
     plan = sgd_plan(setup)
-    ref_losses, ref = tp.sgd(tp.build(setup.spec, setup.state), *plan)
-    out_losses, out = mp.sgd(mp.build(setup.spec, setup.mindspore_state), *plan)
+    ref_losses, ref, travel = tp.sgd(tp.build(setup.spec, setup.state), *plan)
+    out_losses, out, _ = mp.sgd(mp.build(setup.spec, setup.mindspore_state), *plan)
+    # The same steps in fp64: how far PyTorch's own fp32 is from exact, tensor by tensor.
+    losses64, state64, _ = tp.sgd(tp.build(setup.spec, setup.state, "float64"), *plan)
     tol = TOLERANCES["steps"]
     what = f"{setup.steps} SGD steps of recipe {setup.recipe}"
     losses = compare("steps.loss", ref_losses, out_losses, tol, note=f"loss at each of {what}")
     losses.worst = f"step {int(np.argmax(np.abs(ref_losses - out_losses)))}"
     losses.details.update(torch=ref_losses.tolist(), mindspore=out_losses.tolist(), lr=plan[1].tolist())
-    kinds = {name: kind for name, _, kind, _ in tensor_specs(setup.spec)}
-    weights = [k for k in ref if kinds[k] != "bn"]
-    norms = [k for k in ref if kinds[k] == "bn"]
+    _floor(losses, losses64, ref_losses)
+    # Each tensor on the scale of max(|w|, sum over steps of |update|): a BN beta or bias
+    # starts at zero and ends as a sum of updates of mixed sign.
+    floor = {k: errors(state64[k], ref[k], travel.get(k))[1] for k in ref}
+    # Where PyTorch fp32 itself is further than tol/10 from fp64 (BN beta/gamma whose
+    # gradients are sums of terms that nearly cancel), no fp32 framework can be held to
+    # tol; there MindSpore must be within twice PyTorch's own fp32 error instead.
+    good = {k for k in ref if floor[k] <= tol / 10}
+    bad = [k for k in ref if k not in good]
     pick = lambda state, keys: {k: state[k] for k in keys}  # noqa: E731
-    results = [losses,
-               compare_many("steps.weights", pick(ref, weights), pick(out, weights), tol,
-                            note=f"conv and linear tensors after {what}"),
-               compare_many("steps.bn", pick(ref, norms), pick(out, norms), tol,
-                            note=f"BN gamma, beta, running mean/var after {what}")]
-    if setup.floor:
-        losses64, state64 = tp.sgd(tp.build(setup.spec, setup.state, "float64"), *plan)
-        _floor(losses, losses64, ref_losses)
-        _floor(results[1], pick(state64, weights), pick(ref, weights), many=True)
-        _floor(results[2], pick(state64, norms), pick(ref, norms), many=True)
+    weights = compare_many("steps.weights", pick(ref, good), pick(out, good), tol, scales=travel,
+                           note=f"tensors after {what}, on the scale of max(|w|, sum |update|)")
+    weights.details["fp32_vs_fp64"] = max((floor[k] for k in good), default=0.0)
+    results = [losses, weights]
+    if bad:
+        per = {k: errors(ref[k], out[k], travel.get(k)) for k in bad}
+        failed = sorted(k for k in bad if not per[k][1] <= 2 * floor[k])
+        worst = max(bad, key=lambda k: per[k][1] / floor[k])
+        results.append(Result(
+            "steps.ill_conditioned", max(a for a, _ in per.values()), per[worst][1], 2 * floor[worst],
+            not failed, worst=worst,
+            note=f"{len(bad)} tensors where PyTorch fp32 is > tol/10 from fp64; tol = 2x that error",
+            details={"tensors": bad, "fp32_vs_fp64": {k: floor[k] for k in bad}, "failed": failed}))
     return results
 
 
@@ -221,7 +236,8 @@ def run_checks(setup, checks=DEFAULT_CHECKS):
     try:
         results = []
         for name in checks:
-            results += RUNNERS[name](setup, tp, mp)
+            with tp.math(setup.torch_fast):
+                results += RUNNERS[name](setup, tp, mp)
         return results
     finally:
         import mindspore as ms

@@ -25,8 +25,12 @@ class Result:
     details: dict = field(default_factory=dict)
 
 
-def errors(ref, out):
-    """(max absolute error, max absolute error / max |ref|) of ``out`` against ``ref``."""
+def errors(ref, out, scale=None):
+    """(max absolute error, max absolute error / scale) of ``out`` against ``ref``.
+
+    ``scale`` defaults to max |ref|; a larger one is given where the values were summed
+    from larger terms (the weights after SGD steps), as a summation's error bound says.
+    """
     ref = np.asarray(ref, np.float64)
     out = np.asarray(out, np.float64)
     if ref.shape != out.shape:
@@ -34,7 +38,8 @@ def errors(ref, out):
     if not np.all(np.isfinite(out)):
         return float("inf"), float("inf")
     diff = float(np.abs(ref - out).max()) if ref.size else 0.0
-    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    own = float(np.abs(ref).max()) if ref.size else 0.0
+    scale = own if scale is None else max(own, float(scale))
     if scale == 0.0:
         # An all-zero reference: any difference at all is a full-size error.
         return diff, (0.0 if diff == 0.0 else float("inf"))
@@ -47,12 +52,13 @@ def compare(name, ref, out, tol, note=""):
     return Result(name, abs_err, rel_err, tol, bool(rel_err <= tol), note=note)
 
 
-def compare_many(name, refs, outs, tol, note=""):
+def compare_many(name, refs, outs, tol, note="", scales=None):
     """One check over named pairs, each judged on its own scale; the worst one is reported."""
     missing = sorted(set(refs) ^ set(outs))
     if missing:
         raise ValueError(f"{name}: tensors on one side only: {', '.join(missing[:3])}")
-    per = {k: errors(refs[k], outs[k]) for k in refs}
+    scales = scales or {}
+    per = {k: errors(refs[k], outs[k], scales.get(k)) for k in refs}
     worst = max(per, key=lambda k: per[k][1]) if per else ""
     max_abs = max((a for a, _ in per.values()), default=0.0)
     max_rel = per[worst][1] if per else 0.0
