@@ -23,6 +23,25 @@ def set_threads(n):
     ms.device_context.cpu.op_tuning.threads_num(n)
 
 
+def matmul_gflops(threads, n=1024, seconds=1.0):
+    """MindSpore's own fp32 MatMul rate on the same threads: the roof for its rows."""
+    import time
+
+    import mindspore as ms
+    from mindspore import ops
+
+    set_threads(threads)
+    set_mode("pynative")
+    a = ms.Tensor(np.random.default_rng(SEED).standard_normal((n, n), dtype=np.float32))
+    ops.matmul(a, a).asnumpy()
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        ops.matmul(a, a).asnumpy()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
 def set_mode(mode):
     import mindspore as ms
 

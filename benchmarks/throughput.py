@@ -101,7 +101,7 @@ def rows_for(model, backend, mode, spec, size, batch, figures, roof):
         t = fig.median
         rows.append(dict(model=model, backend=backend, mode=mode, impl=label, task=task,
                          ms=1e3 * t, images_per_s=batch / t, gflops=flops / t / 1e9,
-                         roofline=flops / t / 1e9 / roof, spread=fig.spread,
+                         roofline=flops / t / 1e9 / roof, roof_gflops=roof, spread=fig.spread,
                          peak_mib=fig.peak_extra / 2 ** 20, n=len(fig.times)))
     return rows
 
@@ -144,10 +144,12 @@ def run_torch(args, roof_by_threads):
     return rows
 
 
-def run_mindspore(args, roof):
+def run_mindspore(args):
     import ms_runner as mr
 
     mr.set_threads(args.threads)
+    roof = mr.matmul_gflops(args.threads)
+    print(f"\n# MindSpore fp32 MatMul roof: {roof:.1f} GFLOP/s (ops.matmul 1024^3, {args.threads} threads)")
     reference = not args.no_reference and mr.has_mindcv()
     rows = []
     for mode in args.ms_modes:
@@ -166,23 +168,9 @@ def run_mindspore(args, roof):
 
 
 def gemm_rate(threads):
-    """fp32 GEMM GFLOP/s on these threads, from torch if present, else numpy's BLAS."""
-    try:
-        import torch_runner as tr
+    import torch_runner as tr
 
-        return tr.matmul_gflops(threads), "torch.mm 1024^3"
-    except ImportError:
-        import numpy as np
-
-        n = 1024
-        a, b = np.random.rand(n, n).astype(np.float32), np.random.rand(n, n).astype(np.float32)
-        a @ b
-        best = float("inf")
-        for _ in range(10):
-            t0 = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - t0)
-        return 2 * n ** 3 / best / 1e9, "numpy matmul 1024^3 (BLAS threads as set by env)"
+    return tr.matmul_gflops(threads), "torch.mm 1024^3"
 
 
 def main(argv=None):
@@ -193,20 +181,24 @@ def main(argv=None):
     if not backends:
         print("error: neither torch nor mindspore is importable", file=sys.stderr)
         return 2
-    roof, how = gemm_rate(args.threads)
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | {cpu_model()} | "
           f"{os.cpu_count()} cores | {json.dumps(versions())}")
-    print(f"# fp32 matmul roof: {roof:.1f} GFLOP/s ({how}, {args.threads} threads); "
-          f"train GFLOP counts {TRAIN_FLOP_FACTOR}x forward MACs x 2")
-    rows = []
+    print(f"# GFLOP/s = 2 x MACs (sknet.tree.count_macs) per image, x{TRAIN_FLOP_FACTOR} for a "
+          "training step; roofline = that over the same framework's fp32 GEMM rate")
+    rows, roof = [], None
     if "torch" in backends:
+        roof, how = gemm_rate(args.threads)
+        print(f"\n# PyTorch fp32 matmul roof: {roof:.1f} GFLOP/s ({how}, {args.threads} threads)")
         rows += run_torch(args, roof)
     if "mindspore" in backends:
-        rows += run_mindspore(args, roof)
+        rows += run_mindspore(args)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(args=vars(args), versions=versions(), cpu=cpu_model(), roof_gflops=roof,
+        # Written beside the destination first, so a failed run leaves no half file.
+        tmp = f"{args.json}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(dict(args=vars(args), versions=versions(), cpu=cpu_model(),
                            rows=rows), f, indent=1)
+        os.replace(tmp, args.json)
     return 0
 
 

@@ -2,8 +2,101 @@
 
 Convs pad explicitly and symmetrically (``pad_mode="pad"``) so they compute what
 PyTorch's do; only a spec asking for "same" pooling gets MindSpore's "same".
+
+On CPU every conv runs as im2col + MatMul (``conv_gemm``): MindSpore 2.10's CPU Conv2D
+kernel reaches a few percent of its own MatMul's rate on 3x3 kernels (docs/performance.md
+has the figures). The cells and their parameters stay ``nn.Conv2d``'s.
 """
+from contextlib import contextmanager
+
+import mindspore as ms
 from mindspore import nn, ops
+
+# Fast paths on/off, read when a cell is built (GRAPH mode freezes what construct sees).
+FAST = True
+
+
+@contextmanager
+def plain_math():
+    """Build cells that run MindSpore's own Conv2D and the softmax selection, as written."""
+    global FAST
+    old, FAST = FAST, False
+    try:
+        yield
+    finally:
+        FAST = old
+
+
+def gemm_convs():
+    return FAST and ms.get_context("device_target") == "CPU"
+
+
+def _shifted_views(x, kernel, stride, dilation, ho, wo):
+    """The k*k input views each kernel tap multiplies, (B, C, ho, wo) each.
+
+    Strided slices would be the direct way, but MindSpore 2.10's CPU StridedSliceGrad
+    fails on steps > 1; splitting the input into its stride x stride phases first leaves
+    only unit-step slices, whose gradients work.
+    """
+    b, c, h, w = x.shape
+    views = []
+    if stride == 1:  # GRAPH mode compiles plain loops, not nested comprehensions
+        for i in range(kernel):
+            for j in range(kernel):
+                views.append(x[:, :, i * dilation:i * dilation + ho, j * dilation:j * dilation + wo])
+        return views
+    eh, ew = -h % stride, -w % stride
+    if eh or ew:  # whole phases; the extra zeros lie beyond every tap's reach
+        x = ops.pad(x, (0, ew, 0, eh))
+    hp, wp = (h + eh) // stride, (w + ew) // stride
+    x = x.reshape(b, c, hp, stride, wp, stride).transpose(3, 5, 0, 1, 2, 4)
+    phases = []
+    for rows in ops.unstack(x, 0):
+        phases.append(ops.unstack(rows, 0))
+    for i in range(kernel):
+        for j in range(kernel):
+            (pi, si), (pj, sj) = divmod(i * dilation, stride)[::-1], divmod(j * dilation, stride)[::-1]
+            views.append(phases[pi][pj][:, :, si:si + ho, sj:sj + wo])
+    return views
+
+
+def conv_gemm(x, weight, kernel, stride, padding, dilation, groups):
+    """Cross-correlation of NCHW ``x`` with OIHW ``weight`` as one batched MatMul.
+
+    The k*k shifted views of the padded input are stacked behind the channel axis, which
+    orders the columns as ``weight.reshape(O, I*k*k)`` orders its rows, so the weight is
+    used as stored and the product comes out NCHW.
+    """
+    b, c, h, w = x.shape
+    cout = weight.shape[0]
+    span = dilation * (kernel - 1)
+    ho = (h + 2 * padding - span - 1) // stride + 1
+    wo = (w + 2 * padding - span - 1) // stride + 1
+    if padding:
+        x = ops.pad(x, (padding, padding, padding, padding))
+    views = _shifted_views(x, kernel, stride, dilation, ho, wo)
+    if kernel == 1:
+        cols = views[0].reshape(b, groups, c // groups, ho * wo)
+    else:
+        cols = ops.stack(views, axis=2).reshape(b, groups, c // groups * kernel * kernel, ho * wo)
+    out = ops.matmul(weight.reshape(groups, cout // groups, -1), cols)
+    return out.reshape(b, cout, ho, wo)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameter, same name) that computes through ``conv_gemm`` on CPU."""
+
+    def __init__(self, cin, cout, kernel, stride=1, dilation=1, groups=1):
+        super().__init__(cin, cout, kernel, stride, pad_mode="pad", padding=dilation * (kernel - 1) // 2,
+                         dilation=dilation, group=groups, has_bias=False, weight_init="zeros")
+        self.gemm = gemm_convs()
+        self.gemm_args = (kernel, stride, dilation * (kernel - 1) // 2, dilation, groups)
+
+    def construct(self, x):
+        if self.gemm:
+            kernel, stride, padding, dilation, groups = self.gemm_args
+            return conv_gemm(x, self.weight, kernel, stride, padding, dilation, groups)
+        return super().construct(x)
 
 
 def batch_norm(channels, norm):
@@ -12,8 +105,7 @@ def batch_norm(channels, norm):
 
 
 def conv2d(cin, cout, kernel, stride=1, dilation=1, groups=1):
-    return nn.Conv2d(cin, cout, kernel, stride, pad_mode="pad", padding=dilation * (kernel - 1) // 2,
-                     dilation=dilation, group=groups, has_bias=False, weight_init="zeros")
+    return Conv2d(cin, cout, kernel, stride, dilation, groups)
 
 
 class ConvBnAct(nn.Cell):
@@ -40,11 +132,13 @@ class SelectiveKernelAttn(nn.Cell):
         self.act = nn.ReLU()
         self.fc_select = conv2d(attn_width, channels * num_branches, 1)
 
+    def logits(self, pooled):
+        """(B, M, C, 1, 1) selection logits from the pooled branch sum (B, C, 1, 1)."""
+        logits = self.fc_select(self.act(self.bn(self.fc_reduce(pooled))))
+        return logits.reshape(logits.shape[0], self.num_branches, -1, 1, 1)
+
     def construct(self, fused):
-        s = fused.mean(axis=(2, 3), keep_dims=True)
-        logits = self.fc_select(self.act(self.bn(self.fc_reduce(s))))
-        b = logits.shape[0]
-        return ops.softmax(logits.reshape(b, self.num_branches, -1, 1, 1), axis=1)
+        return ops.softmax(self.logits(fused.mean(axis=(2, 3), keep_dims=True)), axis=1)
 
 
 class SelectiveKernel(nn.Cell):
@@ -62,6 +156,7 @@ class SelectiveKernel(nn.Cell):
         self.attn = SelectiveKernelAttn(cout, sk.attn_width(cout), self.num_branches, norm)
         self.record = False
         self.recorded = None
+        self.two_branch = FAST and self.num_branches == 2
 
     def construct(self, x):
         branches = []
@@ -70,6 +165,8 @@ class SelectiveKernel(nn.Cell):
             if self.split_input:
                 inp = x[:, i * self.branch_in:(i + 1) * self.branch_in]
             branches.append(self.paths[i](inp))
+        if self.two_branch:
+            return self.select_two(branches[0], branches[1])
         fused = branches[0]
         for i in range(1, self.num_branches):
             fused = fused + branches[i]
@@ -80,6 +177,16 @@ class SelectiveKernel(nn.Cell):
         if self.record:
             self.recorded = (weights, branches)
         return out
+
+    def select_two(self, b0, b1):
+        # mean(b0 + b1) = mean(b0) + mean(b1), and softmax over two logits is the sigmoid
+        # of their difference: w0 * b0 + (1 - w0) * b1 = b1 + w0 * (b0 - b1).
+        pooled = b0.mean(axis=(2, 3), keep_dims=True) + b1.mean(axis=(2, 3), keep_dims=True)
+        logits = self.attn.logits(pooled)
+        w0 = ops.sigmoid(logits[:, 0] - logits[:, 1])
+        if self.record:
+            self.recorded = (ops.stack([w0, 1 - w0], axis=1), [b0, b1])
+        return b1 + (b0 - b1) * w0
 
 
 class BasicBlock(nn.Cell):

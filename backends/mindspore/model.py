@@ -3,7 +3,7 @@ from mindspore import nn
 
 from sknet.params import init_state
 
-from .layers import BasicBlock, Bottleneck, batch_norm, max_pool
+from .layers import BasicBlock, Bottleneck, Conv2d, batch_norm, max_pool
 from .names import load_canonical
 
 
@@ -12,9 +12,7 @@ class SKNet(nn.Cell):
         super().__init__()
         self.spec = spec
         stem = spec.stem
-        self.conv1 = nn.Conv2d(spec.input.in_chans, stem.channels, stem.kernel_size, stem.stride,
-                               pad_mode="pad", padding=(stem.kernel_size - 1) // 2, has_bias=False,
-                               weight_init="zeros")
+        self.conv1 = Conv2d(spec.input.in_chans, stem.channels, stem.kernel_size, stem.stride)
         self.bn1 = batch_norm(stem.channels, spec.norm)
         self.act1 = nn.ReLU()
         self.maxpool = max_pool(stem.pool)

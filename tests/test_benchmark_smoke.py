@@ -1,0 +1,172 @@
+"""The benchmark runs end to end, and every fast path computes what the plain math does.
+
+No timings are asserted (the machine is shared); speed lives in benchmarks/throughput.py.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import images
+from sknet import get_spec
+from sknet.tree import count_macs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_benchmark_script_reports_consistent_figures(tmp_path, torch):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "throughput.py"), "--models", "sknet_small",
+           "--batch", "2", "--size", "16", "--threads", "1", "--warmup", "1", "--iters", "1",
+           "--rounds", "1", "--backends", "torch", "--no-reference", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    rows = {r["task"]: r for r in report["rows"]}
+    assert set(rows) == {"infer", "train"} and all(r["roof_gflops"] > 0 for r in rows.values())
+    macs = count_macs(get_spec("sknet_small"), 16) * 2
+    for task, factor in (("infer", 1), ("train", 3)):
+        r = rows[task]
+        # GFLOP/s is 2 x MACs (x3 for forward+backward) over the median step time.
+        assert r["gflops"] * r["ms"] * 1e6 == pytest.approx(2 * macs * factor, rel=1e-9)
+        assert r["images_per_s"] == pytest.approx(2e3 / r["ms"], rel=1e-9)
+        assert r["roofline"] == pytest.approx(r["gflops"] / r["roof_gflops"], rel=1e-9)
+    assert "ours/" not in proc.stdout  # no reference library was asked for
+
+
+def small(name):
+    """The shipped spec with one narrow block per stage: same layer kinds, a fraction of the cost."""
+    spec = get_spec(name)
+    stages = dict(depths=[1] * len(spec.stages.depths), channels=[16, 32, 64, 128],
+                  strides=list(spec.stages.strides), groups=min(spec.stages.groups, 4),
+                  base_width=spec.stages.base_width)
+    return spec.replace(stages=stages, num_classes=10)
+
+
+def _trained_stats(model, spec, torch):
+    """Non-trivial BN running statistics, so that folding them is actually exercised."""
+    model.train()
+    with torch.no_grad():
+        for seed in range(2):
+            model(torch.from_numpy(images(spec, 4, seed=seed + 10, size=32)))
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["skresnet18", "skresnext50_32x4d", "mindcv_skresnet18"])
+def test_torch_fast_inference_matches_plain_math(name, torch):
+    import backends.torch as bt
+    from backends.torch.layers import plain_math
+
+    spec = small(name)
+    model = _trained_stats(bt.build(spec, seed=1), spec, torch)
+    x = torch.from_numpy(images(spec, 2, size=40))
+    with torch.no_grad(), plain_math():
+        ref = model(x)
+    with torch.inference_mode():
+        fast = model(x)
+    # fp32 eval parity as for the cross-backend checks: 1e-5 of the largest logit.
+    assert (fast - ref).abs().max() <= 1e-5 * ref.abs().max()
+    # The folded weights follow a weight change made in place (no module call in between).
+    with torch.no_grad():
+        model.bn1.weight.mul_(3)
+        with plain_math():
+            ref2 = model(x)
+        fast2 = model(x)
+    assert (ref2 - ref).abs().max() > 1e-3 * ref.abs().max()
+    assert (fast2 - ref2).abs().max() <= 1e-5 * ref2.abs().max()
+
+
+def test_torch_training_math_is_unchanged(torch):
+    import backends.torch as bt
+    from backends.torch.layers import plain_math
+
+    spec = get_spec("sknet_small")
+    x = images(spec, 8, size=28)
+    y = torch.from_numpy(np.arange(8) % spec.num_classes)
+
+    def grads(dtype, plain, channels_last=False):
+        model = bt.build(spec, seed=2).to(dtype).train()
+        inp = torch.from_numpy(x).to(dtype)
+        if channels_last:
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        if plain:
+            with plain_math():
+                loss = torch.nn.functional.cross_entropy(model(inp), y)
+        else:
+            loss = torch.nn.functional.cross_entropy(model(inp), y)
+        loss.backward()
+        return {k: p.grad for k, p in model.named_parameters()}
+
+    def worst(a, b):
+        return max(float((a[k] - b[k]).abs().max() / b[k].abs().max()) for k in a)
+
+    # In float64 the rewritten selection (sigmoid, lerp, split means, in-place residual)
+    # is the same function: differences are rounding only.
+    assert worst(grads(torch.float64, False), grads(torch.float64, True)) < 1e-10
+    # In fp32, with the same NHWC layout on both sides so the conv kernels are the same.
+    # (Different layouts round differently and can flip a ReLU at a pre-activation of
+    # ~1e-6, which moves a gradient entry by its whole size: not a math change.)
+    assert worst(grads(torch.float32, False), grads(torch.float32, True, channels_last=True)) < 1e-4
+
+
+def test_torch_record_gives_softmax_weights(torch):
+    import backends.torch as bt
+    from backends.torch.layers import plain_math
+
+    spec = get_spec("sknet_small")
+    model = bt.build(spec, seed=3).eval()
+    unit = model.layer2[0].conv1
+    x = torch.from_numpy(images(spec, 2, size=28))
+    with torch.no_grad():
+        unit.record = True
+        with plain_math():
+            model(x)
+            ref_w, ref_b = unit.recorded
+        model(x)
+        w, b = unit.recorded
+    assert tuple(w.shape) == tuple(ref_w.shape) == (2, 2, 64, 1, 1)
+    assert torch.allclose(w, ref_w, atol=1e-6) and torch.allclose(w.sum(1), torch.ones(()), atol=1e-6)
+    assert all(torch.allclose(p, q, atol=1e-5) for p, q in zip(b, ref_b))
+
+
+def test_mindspore_gemm_convs_match_native(pynative):
+    import backends.mindspore as bm
+    from backends.mindspore.layers import plain_math
+
+    ms = pynative
+    spec = get_spec("sknet_small")
+    state = bm.to_canonical(bm.build(spec, seed=4))
+    fast = bm.build(spec)
+    with plain_math():
+        plain = bm.build(spec)
+    assert fast.conv1.gemm and not plain.conv1.gemm
+    for net in (fast, plain):
+        bm.load_canonical(net, state)
+        net.set_train(False)
+    x = ms.Tensor(images(spec, 2, size=28))
+    ref = plain(x).asnumpy()
+    assert np.abs(fast(x).asnumpy() - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("kernel,stride,dilation,size", [(3, 1, 2, 9), (3, 2, 2, 9), (7, 2, 1, 11), (1, 2, 1, 10)])
+def test_mindspore_conv_gemm_gradients(kernel, stride, dilation, size, pynative):
+    from mindspore import nn
+
+    from backends.mindspore.layers import conv_gemm
+
+    ms = pynative
+    rng = np.random.default_rng(5)
+    x = ms.Tensor(rng.standard_normal((2, 4, size, size), dtype=np.float32))
+    w = ms.Tensor(rng.standard_normal((6, 4, kernel, kernel), dtype=np.float32))
+    pad = dilation * (kernel - 1) // 2
+    conv = nn.Conv2d(4, 6, kernel, stride, pad_mode="pad", padding=pad, dilation=dilation, has_bias=False)
+    conv.weight.set_data(w)
+    ref = ms.grad(lambda a: (conv(a) ** 2).sum())(x).asnumpy()
+    got = ms.grad(lambda a, b: (conv_gemm(a, b, kernel, stride, pad, dilation, 1) ** 2).sum(),
+                  grad_position=(0, 1))(x, w)
+    assert np.abs(got[0].asnumpy() - ref).max() <= 1e-5 * np.abs(ref).max()
+    ref_w = ms.grad(lambda a: (conv(a) ** 2).sum(), grad_position=None, weights=[conv.weight])(x)[0]
+    assert np.abs(got[1].asnumpy() - ref_w.asnumpy()).max() <= 1e-5 * np.abs(ref_w.asnumpy()).max()
