@@ -54,26 +54,43 @@ def digest(out, rank=0):
     return json.loads((Path(out) / "digests" / f"rank{rank}.json").read_text())
 
 
+RESUME_ARGS = ("--subset", "160", "--val-subset", "100", "--ckpt-every", "2")
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """Uninterrupted one-epoch runs per backend (160 images / batch 32 = 5 steps), made once."""
+    root = tmp_path_factory.mktemp("whole")
+    recipe = tiny_recipe(root)
+    made = {}
+
+    def get(backend):
+        if backend not in made:
+            if backend == "mindspore":
+                pytest.importorskip("mindspore")
+            out = root / backend
+            subprocess.run(train_cmd(recipe, backend, out, *RESUME_ARGS), check=True, env=env(), cwd=ROOT,
+                           capture_output=True, timeout=300)
+            made[backend] = out
+        return recipe, made[backend]
+    return get
+
+
 @pytest.mark.parametrize("backend", ["torch", "mindspore"])
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, backend):
-    if backend == "mindspore":
-        pytest.importorskip("mindspore")
-    # 160 images / batch 32 = 5 steps in the epoch; a checkpoint every 2 steps; killed after
-    # step 3 (one step past the checkpoint at 2, lost), resumed from step 2 of epoch 0.
-    recipe = tiny_recipe(tmp_path)
-    args = ("--subset", "160", "--val-subset", "100", "--ckpt-every", "2")
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    subprocess.run(train_cmd(recipe, backend, whole, *args), check=True, env=env(), cwd=ROOT,
-                   capture_output=True, timeout=300)
-    killed = subprocess.run(train_cmd(recipe, backend, broken, *args), env=dict(env(), **{FAULT_ENV: "0:3"}),
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, backend, whole):
+    # A checkpoint every 2 steps; killed after step 3 (one step past the checkpoint at 2, lost),
+    # resumed from step 2 of epoch 0, run to the end of the epoch (step 5).
+    recipe, reference = whole(backend)
+    broken = tmp_path / "broken"
+    killed = subprocess.run(train_cmd(recipe, backend, broken, *RESUME_ARGS), env=dict(env(), **{FAULT_ENV: "0:3"}),
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (broken / "digests").exists()
-    resumed = subprocess.run(train_cmd(recipe, backend, broken, *args, "--resume", "auto"), env=env(), cwd=ROOT,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(train_cmd(recipe, backend, broken, *RESUME_ARGS, "--resume", "auto"), env=env(),
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "at step 2" in resumed.stdout
-    a, b = digest(whole), digest(broken)
+    a, b = digest(reference), digest(broken)
     assert a["step"] == b["step"] == 5
     assert a["sha256"] == b["sha256"]
     # The resumed run's metrics hold the one finished epoch once.
@@ -155,43 +172,41 @@ def test_same_recipe_same_training_on_both_backends(tmp_path):
     assert (num / den) ** 0.5 < 1e-3
 
 
-def test_validate_either_checkpoint_on_either_backend(tmp_path):
+def test_validate_either_checkpoint_on_either_backend(whole):
     """A torch checkpoint on MindSpore and a MindSpore checkpoint on torch give the same top-1."""
-    pytest.importorskip("mindspore")
     from sknet.commands.validate import validate
 
-    recipe = tiny_recipe(tmp_path)
-    for backend in ("torch", "mindspore"):
-        subprocess.run(train_cmd(recipe, backend, tmp_path / backend, "--subset", "64", "--val-subset", "100"),
-                       check=True, env=env(), cwd=ROOT, capture_output=True, timeout=300)
-    for src in ("torch/last.pth", "mindspore/last.ckpt"):
-        ckpt = tmp_path / src
+    for backend, name in (("torch", "last.pth"), ("mindspore", "last.ckpt")):
+        recipe, out = whole(backend)
+        ckpt = out / name
         res = {b: validate(recipe, ckpt, b, subset=300) for b in ("torch", "mindspore")}
         assert res["torch"]["n"] == res["mindspore"]["n"] == 300
-        assert res["torch"]["correct1"] == res["mindspore"]["correct1"], src
+        assert res["torch"]["correct1"] == res["mindspore"]["correct1"], name
+        # Same weights, float32 on both sides: the mean loss agrees to float32 rounding.
         assert abs(res["torch"]["loss"] - res["mindspore"]["loss"]) < 1e-4
-        # Not a constant predictor: some classes right, not all.
+        # Not a constant predictor: some images right, not all.
         assert 0 < res["torch"]["correct1"] < 300
 
 
-def test_run_folder_contents(tmp_path):
+def test_run_folder_contents(tmp_path, whole):
     """metrics.jsonl/csv, curves.png, last and best; a bad resume path is a one-line error."""
-    recipe = tiny_recipe(tmp_path, epochs=2)
-    out = tmp_path / "run"
-    subprocess.run(train_cmd(recipe, "torch", out, "--subset", "64", "--val-subset", "100"), check=True,
-                   env=env(), cwd=ROOT, capture_output=True, timeout=300)
+    recipe, out = whole("torch")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2] and [r["step"] for r in rows] == [2, 4]
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 5)]
     assert all(0 <= r["top1"] <= r["top5"] <= 100 for r in rows)
     assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch,step,train_loss")
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import torch
 
     last = torch.load(out / "last.pth", weights_only=True)
-    assert (last["epoch"], last["step"], last["recipe"]) == (2, 4, "tiny")
+    assert (last["epoch"], last["step"], last["recipe"]) == (1, 5, "tiny")
     assert set(last) >= {"model", "optimizer", "epoch", "step", "recipe", "rng"}
+    # The optimizer follows the recipe's weight-decay rule, names recorded.
+    groups = {g["weight_decay"]: g["param_names"] for g in last["optimizer"]["param_groups"]}
+    assert "fc.weight" in groups[5e-4] and "fc.bias" in groups[0.0] and "bn1.weight" in groups[0.0]
     assert (out / "best.pth").is_file()
-    bad = subprocess.run(train_cmd(recipe, "torch", out, "--resume", str(tmp_path / "nope.pth")), env=env(),
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(train_cmd(recipe, "torch", tmp_path / "x", "--resume", str(tmp_path / "nope.pth")),
+                         env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines()[-1].endswith("nope.pth: no such file")
+    assert not list(tmp_path.glob("x/*.pth"))

@@ -26,8 +26,22 @@ from sknet.trainer_common import (Progress, RunDir, TrainError, best_top1, defau
                                   eval_batches, eval_shards, load_run, log, make_plan, maybe_fault,
                                   softmax_xent_sum, topk_correct)
 
+from . import layers
 from .model import build
 from .names import ms_name, to_canonical
+
+
+def build_net(spec, seed, device):
+    """The model for training or evaluation on ``device``.
+
+    On the CPU with oneDNN held to AVX2 (sknet.train.prepare_mindspore), MindSpore's own
+    Conv2D is about 10x faster than the im2col fast path of backends.mindspore.layers
+    (measured 0.43 s vs 4.0 s for 100 sknet_small images), so the cells are built plain.
+    """
+    if device == "CPU" and os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2":
+        with layers.plain_math():
+            return build(spec, seed=seed)
+    return build(spec, seed=seed)
 
 
 class BatchSource:
@@ -222,7 +236,7 @@ def run(opts, step_hook=None):
     run_dir = RunDir(opts.out or default_out(recipe, "mindspore"), "mindspore")
     if world.rank == 0:
         run_dir.make()
-    net = build(spec, seed=recipe.seed)
+    net = build_net(spec, recipe.seed, world.device)
     plan = make_plan(recipe, len(train), world.size, 0, opts)
     lrs = learning_rates(recipe, plan.steps_per_epoch, world.size)
     amp = recipe.amp.enabled and world.device != "CPU"

@@ -46,9 +46,12 @@ def predictor(backend, spec, tensors, device):
     if backend == "mindspore":
         import mindspore as ms
 
+        from backends.mindspore.train import build_net
+
         ms.set_context(mode=ms.PYNATIVE_MODE)
-        ms.set_device(backend_device(device, "mindspore") or "CPU")
-        net = module.build(spec)
+        target = backend_device(device, "mindspore") or "CPU"
+        ms.set_device(target)
+        net = build_net(spec, 0, target)
         module.load_canonical(net, tensors)
         net.set_train(False)
         forward = ms.jit(net)
