@@ -45,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--channels-last", action="store_true", help="PyTorch: NHWC tensors (both sides)")
     p.add_argument("--compile", action="store_true", help="PyTorch: torch.compile (both sides)")
     p.add_argument("--no-reference", action="store_true", help="time ours only")
+    p.add_argument("--onednn-isa", help="set ONEDNN_MAX_CPU_ISA (e.g. AVX2) before any framework "
+                   "loads; it applies to every implementation in the run")
     p.add_argument("--json", help="also write every figure here")
     return p.parse_args(argv)
 
@@ -175,6 +177,8 @@ def gemm_rate(threads):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.onednn_isa:
+        os.environ["ONEDNN_MAX_CPU_ISA"] = args.onednn_isa
     import importlib.util
 
     backends = [b for b in args.backends if importlib.util.find_spec(b) is not None]
@@ -182,7 +186,8 @@ def main(argv=None):
         print("error: neither torch nor mindspore is importable", file=sys.stderr)
         return 2
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | {cpu_model()} | "
-          f"{os.cpu_count()} cores | {json.dumps(versions())}")
+          f"{os.cpu_count()} cores | {json.dumps(versions())} | "
+          f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}")
     print(f"# GFLOP/s = 2 x MACs (sknet.tree.count_macs) per image, x{TRAIN_FLOP_FACTOR} for a "
           "training step; roofline = that over the same framework's fp32 GEMM rate")
     rows, roof = [], None

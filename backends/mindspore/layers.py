@@ -7,6 +7,7 @@ On CPU every conv runs as im2col + MatMul (``conv_gemm``): MindSpore 2.10's CPU 
 kernel reaches a few percent of its own MatMul's rate on 3x3 kernels (docs/performance.md
 has the figures). The cells and their parameters stay ``nn.Conv2d``'s.
 """
+import os
 from contextlib import contextmanager
 
 import mindspore as ms
@@ -28,7 +29,14 @@ def plain_math():
 
 
 def gemm_convs():
-    return FAST and ms.get_context("device_target") == "CPU"
+    """im2col convs on CPU unless oneDNN is held to AVX2 or below.
+
+    On AVX-512 CPUs oneDNN picks, for MindSpore's plain NCHW tensors, a convolution that
+    runs a reference loop (docs/training.md); held to AVX2 (``ONEDNN_MAX_CPU_ISA``, as
+    ``sknet.train`` sets it) MindSpore's own Conv2D is the faster one again.
+    """
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    return FAST and ms.get_context("device_target") == "CPU" and isa not in ("AVX2", "AVX", "SSE41")
 
 
 def _shifted_views(x, kernel, stride, dilation, ho, wo):
