@@ -36,11 +36,14 @@ def test_four_checks_pynative(name, torch, pynative):
     r = by_name(results)
     assert r["eval"].tol == 1e-5 and r["grad"].tol == 1e-4 and r["steps.weights"].tol == 1e-4
     # Every trainable tensor was compared, and the steps really trained (lr > 0 after warm-up).
-    assert r["grad"].details["tensors"] == sum(1 for *_, t in tensor_specs(setup.spec) if t)
+    ill = r["grad.ill_conditioned"].details["tensors"] if "grad.ill_conditioned" in r else []
+    assert r["grad"].details["tensors"] + len(ill) == sum(1 for *_, t in tensor_specs(setup.spec) if t)
     assert max(r["steps.loss"].details["lr"]) > 0
-    # Most tensors are held to 1e-4; only a few (BN betas) are where fp32 itself is not.
-    held = r["steps.weights"].details["tensors"]
-    assert held >= 0.85 * len(tensor_specs(setup.spec))
+    # Tensors where PyTorch fp32 itself is > 1e-5 from fp64 are judged in their own rows
+    # (docs/parity.md); skresnet18 is well-conditioned enough that most tensors are held to 1e-4.
+    if name == "skresnet18":
+        assert "grad.ill_conditioned" not in r
+        assert r["steps.weights"].details["tensors"] >= 0.85 * len(tensor_specs(setup.spec))
 
 
 @pytest.mark.parametrize("name", REQUIRED)
@@ -103,7 +106,7 @@ def test_cli_json_passes_on_a_small_model(capsys, torch, pynative):
     report = json.loads(out)
     assert code == 0 and report["passed"] and report["failed"] == []
     names = [c["name"] for c in report["checks"]]
-    assert names == ["eval", "train", "train.bn_stats", "grad", "onnx"]
+    assert [n for n in names if not n.endswith("ill_conditioned")] == ["eval", "train", "train.bn_stats", "grad", "onnx"]
     for c in report["checks"]:
         assert set(c) >= {"name", "max_abs", "max_rel", "tol", "passed"}
         assert c["passed"] is True and c["max_rel"] <= c["tol"]
@@ -143,3 +146,9 @@ def test_layers_names_the_corrupted_layer_first(tensor, first, tmp_path, capsys,
     # Everything before the corrupted layer agrees within the eval tolerance.
     assert all(p["passed"] for p in layers["points"][:points.index(first)])
     assert points[0] == "stem" and points[-1] == "logits"
+
+
+def test_torch_fast_inference_path_agrees_too(torch, pynative):
+    """What users run for inference (BN folded, fused oneDNN calls, NHWC) against MindSpore."""
+    setup = make_setup(get_spec("skresnet18"), batch=BATCH, size=SIZE, torch_fast=True)
+    assert_all_pass(run_checks(setup, ["eval"]))
