@@ -31,6 +31,10 @@ def fmnist(**overrides):
     return load_recipe("fashion_mnist_small", overrides or None)
 
 
+# The shipped Fashion-MNIST recipe has no augmentation: determinism is checked with some.
+AUGMENTED = {"data.crop": "pad", "data.padding": 2, "data.hflip": 0.5, "data.re_prob": 0.5}
+
+
 # --- IDX ----------------------------------------------------------------------------------------
 
 @needs_fmnist
@@ -232,14 +236,14 @@ def test_fashion_mnist_dataset_items_and_normalisation():
 
 @needs_fmnist
 def test_same_seed_same_batches_other_seed_or_epoch_different():
-    a, b = build_dataset(fmnist()), build_dataset(fmnist())
+    a, b = build_dataset(fmnist(**AUGMENTED)), build_dataset(fmnist(**AUGMENTED))
     idx = epoch_batches(len(a), 2, 1, 128, seed=0, epoch=1)[3]
     xa, ya = a.batch(idx, epoch=1)
     xb, yb = b.batch(idx, epoch=1)
     np.testing.assert_array_equal(xa, xb)
     np.testing.assert_array_equal(ya, yb)
     assert not np.array_equal(xa, a.batch(idx, epoch=2)[0])
-    assert not np.array_equal(xa, build_dataset(fmnist(seed=1)).batch(idx, epoch=1)[0])
+    assert not np.array_equal(xa, build_dataset(fmnist(seed=1, **AUGMENTED)).batch(idx, epoch=1)[0])
     # ``ds[i]`` follows set_epoch; a pickled copy (what loader workers get) gives the same values.
     a.set_epoch(1)
     np.testing.assert_array_equal(a[int(idx[0])][0], xa[0])
@@ -250,11 +254,12 @@ def test_same_seed_same_batches_other_seed_or_epoch_different():
 def test_batches_repeat_in_a_fresh_process():
     """A fresh interpreter (as a worker on the other backend is) makes bit-identical batches."""
     code = ("import hashlib; from sknet.recipe import load_recipe; from sknet.data import build_dataset;"
-            "ds = build_dataset(load_recipe('fashion_mnist_small')); x, y = ds.batch(range(100, 164), epoch=2);"
+            f"ds = build_dataset(load_recipe('fashion_mnist_small', {AUGMENTED!r}));"
+            "x, y = ds.batch(range(100, 164), epoch=2);"
             "print(hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONHASHSEED": "123", "PATH": "/usr/bin:/bin"}).stdout.strip()
-    x, y = build_dataset(fmnist()).batch(range(100, 164), epoch=2)
+    x, y = build_dataset(fmnist(**AUGMENTED)).batch(range(100, 164), epoch=2)
     assert out == hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
 
 
@@ -277,7 +282,7 @@ def make_folder(tmp_path, per_class=3, classes=(0, 1, 7)):
 def test_imagefolder_reads_the_same_pixels_and_labels(tmp_path):
     picked = make_folder(tmp_path)
     recipe = fmnist(**{"data.kind": "imagefolder", "data.root": str(tmp_path), "data.val_split": "val",
-                       "num_classes": 3})
+                       "num_classes": 3, **AUGMENTED})
     val = build_dataset(recipe, split="val")
     assert val.classes == ("class_0", "class_1", "class_7") and len(val) == 9
     ref = build_dataset(fmnist(), split="val")
