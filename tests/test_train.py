@@ -61,7 +61,8 @@ RESUME_ARGS = ("--subset", "160", "--val-subset", "100", "--ckpt-every", "2")
 def whole(tmp_path_factory):
     """Uninterrupted one-epoch runs per backend (160 images / batch 32 = 5 steps), made once."""
     root = tmp_path_factory.mktemp("whole")
-    recipe = tiny_recipe(root)
+    # Augmentation on, so that a resume must also restore where each image's crop and flip come from.
+    recipe = tiny_recipe(root, **{"data.crop": "pad", "data.padding": 2, "data.hflip": 0.5})
     made = {}
 
     def get(backend):
