@@ -105,7 +105,9 @@ class World:
             return
         for p in net.get_parameters():
             if not p.requires_grad:
-                p.set_data(self._sum(p.value()) / self.size)
+                # In place: set_data would swap the buffer under the compiled train step,
+                # whose later BN updates would then be lost.
+                ops.assign(p, self._sum(p.value()) / self.size)
 
 
 class NetWithLoss(nn.Cell):
