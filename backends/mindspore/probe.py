@@ -8,6 +8,9 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+import contextlib
+
+from . import layers
 from .model import SKNet
 from .names import load_canonical, name_map, to_canonical
 
@@ -20,6 +23,16 @@ def build(spec, state, dtype="float32"):
     if dtype != "float32":
         net.to_float(DTYPES[dtype])
     return net
+
+
+def math(fast):
+    """MindSpore's fast CPU paths (``fast``) or its module-by-module math, for cells built inside.
+
+    The choice is made when a cell is built (the two-branch gate rewrite skips the
+    attention cell), so build inside this context.
+    """
+    plain = getattr(layers, "plain_math", None)
+    return contextlib.nullcontext() if fast or plain is None else plain()
 
 
 def forward(net, x, train=False):
