@@ -16,11 +16,20 @@ def has_mindcv():
     return importlib.util.find_spec("mindcv") is not None
 
 
+_THREADS = []
+
+
 def set_threads(n):
+    """MindSpore takes its CPU thread count once per process."""
     import mindspore as ms
 
+    if _THREADS:
+        if _THREADS[0] != n:
+            raise RuntimeError(f"MindSpore already runs on {_THREADS[0]} threads, not {n}")
+        return
     ms.set_device("CPU")
     ms.device_context.cpu.op_tuning.threads_num(n)
+    _THREADS.append(n)
 
 
 def matmul_gflops(threads, n=1024, seconds=1.0):
