@@ -35,11 +35,14 @@ class SKNet(nn.Module):
         self.fc = nn.Linear(inplanes, spec.num_classes)
 
     def forward_features(self, x):
-        if layers.FAST and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4:
-            # oneDNN's CPU convolutions run NHWC without the per-call NCHW reorders;
+        infer = inferring(self, x)
+        if infer and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4:
+            # oneDNN's CPU inference convolutions run NHWC without the per-call NCHW reorders;
             # the parameters keep their layout, so state dicts and names do not change.
+            # Training stays NCHW: its fp32 gradients are the ones parity measured against
+            # fp64 (docs/parity.md, finding 7).
             x = x.contiguous(memory_format=torch.channels_last)
-        if inferring(self, x):
+        if infer:
             x = conv_bn_infer(x, self.conv1, self.bn1, True)
         else:
             x = self.act1(self.bn1(self.conv1(x)))
