@@ -22,11 +22,13 @@ def backend_module(backend):
     if backend not in BACKENDS:
         raise SKNetError(f"unknown backend '{backend}' (choose from: {', '.join(BACKENDS)})")
     framework, extra = BACKENDS[backend]
+    # The backend package first: it sets the framework's environment before importing it.
     try:
-        importlib.import_module(framework)
-    except ImportError:
-        raise BackendMissing(backend, framework, extra) from None
-    return importlib.import_module(f"backends.{backend}")
+        return importlib.import_module(f"backends.{backend}")
+    except ImportError as err:
+        if (err.name or "").split(".")[0] == framework:
+            raise BackendMissing(backend, framework, extra) from None
+        raise
 
 
 def create_model(name_or_spec, backend="torch", num_classes=None, checkpoint=None, seed=0, **overrides):

@@ -121,11 +121,12 @@ def test_missing_framework_names_the_extra(monkeypatch):
 
     def no_mindspore(name, *a, **k):
         if name == "mindspore" or name.startswith("mindspore."):
-            raise ImportError(name)
+            raise ImportError(f"No module named '{name}'", name=name)
         return real(name, *a, **k)
 
+    for mod in [m for m in sys.modules if m == "backends.mindspore" or m.startswith("backends.mindspore.")]:
+        monkeypatch.delitem(sys.modules, mod)
     monkeypatch.setattr(builtins, "__import__", no_mindspore)
-    monkeypatch.setattr("importlib.import_module", lambda n: no_mindspore(n))
     with pytest.raises(sknet.BackendMissing, match=r"pip install 'sknet\[mindspore\]'"):
         sknet.backend_module("mindspore")
 
