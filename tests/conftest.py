@@ -5,8 +5,6 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("GLOG_v", "3")
-# As backends.mindspore does, before any test imports MindSpore (docs/training.md).
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
 from sknet.registry import MODEL_DIR, get_spec, list_models  # noqa: E402
 

@@ -3,9 +3,6 @@ import os
 
 # MindSpore logs every deprecation at WARNING to stderr; keep it to errors unless the user says.
 os.environ.setdefault("GLOG_v", "3")
-# On AVX-512 CPUs oneDNN gives MindSpore's NCHW convolutions a reference loop ~60x slower
-# than its AVX2 kernels (docs/training.md); read when oneDNN first runs, so set it before.
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
 from .model import SKNet, build, count_trainable
 from .names import load_canonical, ms_name, to_canonical
