@@ -31,6 +31,30 @@ class TrainError(SKNetError):
     """A training run that cannot start or go on (bad resume file, lost worker...)."""
 
 
+class Stop(Exception):
+    """SIGTERM in a worker: launchers send it to every worker when one of them fails."""
+
+
+def on_sigterm(signum, frame):
+    raise Stop("stopped by SIGTERM (the launcher stops every worker when one of them fails)")
+
+
+def worker_failure(err, rank, distributed, step, last_good):
+    """The one-line TrainError a worker stops with, naming the last good checkpoint.
+
+    ``err`` is a ``Stop`` or, in a distributed run, a collective's RuntimeError (a peer
+    died); anything else is not a worker failure and gives None, for the caller to re-raise.
+    """
+    where = f"last good checkpoint: {last_good[0] or 'none'} (step {last_good[1]})"
+    if isinstance(err, Stop):
+        return TrainError(f"rank {rank}: {err} at step {step}; {where}")
+    if not distributed:
+        return None
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return TrainError(f"rank {rank}: stopped at step {step}: {first} (a worker died or the launcher "
+                      f"stopped the job); {where}")
+
+
 @dataclass(frozen=True)
 class Options:
     """Command-line choices layered over the recipe (None: the recipe's value)."""

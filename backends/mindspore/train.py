@@ -22,9 +22,9 @@ from sknet.data import epoch_batches
 from sknet.params import tensor_specs
 from sknet.recipe import backend_device
 from sknet.schedule import learning_rates, weight_decay_of
-from sknet.trainer_common import (Progress, RunDir, TrainError, best_top1, default_out, epoch_row,
+from sknet.trainer_common import (Progress, RunDir, Stop, TrainError, best_top1, default_out, epoch_row,
                                   eval_batches, eval_shards, load_run, log, make_plan, maybe_fault,
-                                  softmax_xent_sum, topk_correct)
+                                  on_sigterm, softmax_xent_sum, topk_correct, worker_failure)
 
 from . import layers
 from .model import build
@@ -221,19 +221,11 @@ def evaluate(net, forward, val, recipe, world, workers):
     return tuple(world.all_sum([loss_sum, c1, c5, len(idx)]))
 
 
-class Stop(Exception):
-    pass
-
-
-def _on_sigterm(signum, frame):
-    raise Stop("stopped by SIGTERM")
-
-
 def run(opts, step_hook=None):
     """Train per ``opts``; ``step_hook(step, net, optimizer)`` after every step (tests)."""
     recipe, spec, train, val = load_run(opts)
     world = World(opts.device, recipe.device)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     ms.set_seed(recipe.seed)
     run_dir = RunDir(opts.out or default_out(recipe, "mindspore"), "mindspore")
     if world.rank == 0:
@@ -317,16 +309,11 @@ def run(opts, step_hook=None):
                     run_dir.plot(rows, f"{spec.name} / {recipe.name} (mindspore, {world.size} worker(s))")
             elif step == plan.stop_step:
                 checkpoint(epoch)
-    except Stop as err:
-        raise TrainError(f"rank {world.rank}: {err} at step {step}; last good checkpoint: "
-                         f"{last_good[0] or 'none'} (step {last_good[1]})") from None
-    except RuntimeError as err:
-        if not world.distributed:
+    except (Stop, RuntimeError) as err:
+        failure = worker_failure(err, world.rank, world.distributed, step, last_good)
+        if failure is None:
             raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TrainError(f"rank {world.rank}: stopped at step {step}: {first} (a worker died or the launcher "
-                         f"stopped the job); "
-                         f"last good checkpoint: {last_good[0] or 'none'} (step {last_good[1]})") from None
+        raise failure from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     digests = run_dir.path / "digests"
