@@ -46,6 +46,25 @@ def unit_paths(spec):
     return [u.path for u in sk_units(spec)]
 
 
+def sk_cells(model, sk_class):
+    """``{unit path: SK cell}`` for every unit the spec's tree lists, in build order.
+
+    Framework-free: walks attributes and integer indices (nn.Sequential, CellList) of
+    ``model`` along each path and checks the cell found is a ``sk_class``.
+    """
+    cells = {}
+    for path in unit_paths(model.spec):
+        cell = model
+        for part in path.split("."):
+            cell = cell[int(part)] if part.isdigit() else getattr(cell, part, None)
+            if cell is None:
+                break
+        if not isinstance(cell, sk_class):
+            raise SKNetError(f"model has no SK unit at '{path}' although its spec '{model.spec.name}' lists one")
+        cells[path] = cell
+    return cells
+
+
 def paper_name(path):
     """The paper's name of a unit: stage conv2..conv5 is our layer1..layer4, blocks count from 1.
 

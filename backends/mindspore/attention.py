@@ -11,30 +11,16 @@ from contextlib import contextmanager
 import mindspore as ms
 import numpy as np
 
-from sknet.attention import Capture, unit_paths
+from sknet.attention import Capture
+from sknet.attention import sk_cells as find_sk_cells
 from sknet.errors import SKNetError
 
 from .layers import SelectiveKernel
 
 
-def _resolve(net, path):
-    cell = net
-    for part in path.split("."):
-        cell = cell[int(part)] if part.isdigit() else getattr(cell, part, None)
-        if cell is None:
-            break
-    return cell
-
-
 def sk_cells(net):
     """``{unit path: SelectiveKernel}`` for every SK unit the spec's tree lists, in build order."""
-    cells = {}
-    for path in unit_paths(net.spec):
-        cell = _resolve(net, path)
-        if not isinstance(cell, SelectiveKernel):
-            raise SKNetError(f"network has no SK unit at '{path}' although its spec '{net.spec.name}' lists one")
-        cells[path] = cell
-    return cells
+    return find_sk_cells(net, SelectiveKernel)
 
 
 @contextmanager

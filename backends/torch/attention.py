@@ -11,30 +11,15 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from sknet.attention import Capture, unit_paths
-from sknet.errors import SKNetError
+from sknet.attention import Capture
+from sknet.attention import sk_cells as find_sk_cells
 
 from .layers import SelectiveKernel
 
 
-def _resolve(model, path):
-    cell = model
-    for part in path.split("."):
-        cell = cell[int(part)] if part.isdigit() else getattr(cell, part, None)
-        if cell is None:
-            break
-    return cell
-
-
 def sk_cells(model):
     """``{unit path: SelectiveKernel}`` for every SK unit the spec's tree lists, in build order."""
-    cells = {}
-    for path in unit_paths(model.spec):
-        cell = _resolve(model, path)
-        if not isinstance(cell, SelectiveKernel):
-            raise SKNetError(f"model has no SK unit at '{path}' although its spec '{model.spec.name}' lists one")
-        cells[path] = cell
-    return cells
+    return find_sk_cells(model, SelectiveKernel)
 
 
 @contextmanager
