@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from .tree import Conv, Linear, Norm, param_layers
+from .tree import Conv, Linear, Norm, param_layers, residual_norms
 
 BN_STATS = ("running_mean", "running_var")
 
@@ -33,10 +33,12 @@ def tensor_specs(spec):
     return out
 
 
-def init_state(spec, seed=0):
+def init_state(spec, seed=0, residual_gamma=1.0):
     """Initial weights as in the paper: He normal (fan_out) convs, BN at identity, small uniform head.
 
     Drawn once in NumPy so that both backends start from bit-identical weights for a seed.
+    ``residual_gamma`` is the weight of each block's last residual-branch BN (1 in timm's and
+    mindcv's SK models; 0 is the zero-gamma init); the other tensors do not depend on it.
     """
     rng = np.random.Generator(np.random.PCG64(seed))
     state = {}
@@ -54,4 +56,6 @@ def init_state(spec, seed=0):
         else:
             arr = np.zeros(shape, np.float32)
         state[name] = arr
+    for path in residual_norms(spec):
+        state[f"{path}.weight"] = np.full_like(state[f"{path}.weight"], residual_gamma)
     return state

@@ -160,6 +160,20 @@ def sk_units(spec, size=None):
     return [x for x in layers(spec, size) if isinstance(x, SKUnit)]
 
 
+def residual_norms(spec):
+    """The last BN of every block's residual branch (before the add), in build order.
+
+    Scaling its weight scales what the block adds to its shortcut (the zero-gamma init of
+    Goyal et al. 2017 sets it to 0); ``sknet.params.init_state`` takes that scale.
+    """
+    last = {}
+    for x in layers(spec):
+        parts = x.path.split(".")
+        if isinstance(x, Norm) and parts[0].startswith("layer") and parts[2] != "downsample" and "attn" not in parts:
+            last[".".join(parts[:2])] = x.path
+    return list(last.values())
+
+
 def stage_of(path):
     """'layer2.3.conv1' -> 'layer2'; the stem and head map to themselves."""
     return path.split(".")[0]

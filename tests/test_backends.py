@@ -55,6 +55,19 @@ def test_initialisation_is_he_fan_out_and_identical_on_both(torch, pynative):
     assert not np.array_equal(init_state(spec, seed=4)["fc.weight"], state["fc.weight"])
 
 
+@pytest.mark.parametrize("name, last", [("skresnet18", "conv2.bn"), ("skresnext50_32x4d", "conv3.bn")])
+def test_residual_gamma_scales_only_each_blocks_last_bn(name, last):
+    from sknet.tree import residual_norms
+
+    spec = get_spec(name)
+    blocks = [f"layer{s + 1}.{b}" for s, d in enumerate(spec.stages.depths) for b in range(d)]
+    assert residual_norms(spec) == [f"{b}.{last}" for b in blocks]
+    one, quarter = init_state(spec, seed=1), init_state(spec, seed=1, residual_gamma=0.25)
+    changed = sorted(k for k in one if not np.array_equal(one[k], quarter[k]))
+    assert changed == sorted(f"{b}.{last}.weight" for b in blocks)
+    assert all(np.all(quarter[k] == np.float32(0.25)) for k in changed)
+
+
 def test_bn_momentum_means_the_same(torch, pynative):
     import backends.mindspore as bm
     import backends.torch as bt

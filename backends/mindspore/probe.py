@@ -6,9 +6,11 @@ Names going in and out are canonical; ``names.name_map`` translates.
 """
 import mindspore as ms
 import numpy as np
-from mindspore import nn
+from mindspore import nn, ops
 
 import contextlib
+
+from sknet.parity.pinning import pool_pads
 
 from . import layers
 from .model import SKNet
@@ -58,6 +60,63 @@ def grads(net, x, y):
     loss, gs = step(ms.Tensor(x), ms.Tensor(y.astype(np.int32)))
     names = _canonical_names(net)
     return float(loss.asnumpy()), {names[w.name]: g.asnumpy() for w, g in zip(weights, gs)}
+
+
+class _Replay(nn.Cell):
+    """Replays one recorded array per call in PYNATIVE; GRAPH mode compiles the first one in."""
+
+    def __init__(self, calls, dtype):
+        super().__init__()
+        self.calls, self.call, self.dtype = calls, 0, dtype
+        self.replay = ms.get_context("mode") == ms.PYNATIVE_MODE
+        self.choice = ms.Tensor(calls[0].astype(dtype))
+
+    def next_choice(self):
+        if self.replay:
+            self.choice = ms.Tensor(self.calls[self.call].astype(self.dtype))
+            self.call += 1
+        return self.choice
+
+
+class _PinnedReLU(_Replay):
+    """``backends.torch.probe._PinnedReLU``: ``x`` where the reference's input was > 0, else 0."""
+
+    def __init__(self, calls):
+        super().__init__(calls, np.float32)
+
+    def construct(self, x):
+        return x * self.next_choice()
+
+
+class _PinnedPool(_Replay):
+    """The stem's max-pool taking the reference's winner of every window."""
+
+    def __init__(self, pool, calls):
+        super().__init__(calls, np.int32)
+        self.pool = pool
+
+    def construct(self, x):
+        top, bottom, left, right = pool_pads(self.pool, x.shape[2], x.shape[3])
+        flat = ops.pad(x, (left, right, top, bottom)).reshape(x.shape[0], x.shape[1], -1)
+        out = ops.gather_elements(flat, 2, self.next_choice())
+        ho = (x.shape[2] + top + bottom - self.pool.kernel_size) // self.pool.stride + 1
+        return out.reshape(x.shape[0], x.shape[1], ho, -1)
+
+
+def pin(net, choices):
+    """Make ``net`` replay ``choices`` (``backends.torch.probe.record_choices``) call by call."""
+    if ms.get_context("mode") != ms.PYNATIVE_MODE and any(len(v) > 1 for v in choices.values()):
+        raise RuntimeError("replaying the choices of several passes needs MindSpore's PYNATIVE mode")
+    parents = {name: cell for name, cell in net.cells_and_names() if not name.startswith("stages")}
+    parents[""] = net
+    for parent_path, parent in list(parents.items()):
+        for child, cell in list(parent.name_cells().items()):
+            path = f"{parent_path}.{child}" if parent_path else child
+            if isinstance(cell, nn.ReLU) and path in choices:
+                setattr(parent, child, _PinnedReLU(choices[path]))
+    if "maxpool" in choices:
+        net.maxpool = _PinnedPool(net.spec.stem.pool, choices["maxpool"])
+    return net
 
 
 def sgd(net, batches, lrs, weight_decay, momentum, nesterov, label_smoothing):

@@ -8,6 +8,9 @@ import contextlib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from sknet.parity.pinning import pool_pads, pool_winners
 
 from . import layers
 from .model import SKNet
@@ -54,6 +57,80 @@ def grads(model, x, y):
     loss = loss_fn()(model(torch.from_numpy(x).to(dtype)), torch.from_numpy(y).long())
     loss.backward()
     return float(loss.detach()), {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
+
+
+class _PinnedReLU(nn.Module):
+    """A ReLU on a recorded sign pattern: ``x`` where the reference's input was > 0, else 0.
+
+    Equal to ReLU wherever this pass rounds an input to the same side of zero as the
+    reference did; ``flips`` counts the inputs where it did not.
+    """
+
+    def __init__(self, calls):
+        super().__init__()
+        self.calls, self.call, self.flips = calls, 0, 0
+
+    def forward(self, x):
+        mask = torch.from_numpy(self.calls[self.call]).to(x.dtype)
+        self.call += 1
+        self.flips += int(((x > 0).to(x.dtype) != mask).sum())
+        return x * mask
+
+
+class _PinnedPool(nn.Module):
+    """The stem's max-pool taking the reference's winner of every window."""
+
+    def __init__(self, pool, calls):
+        super().__init__()
+        self.pool, self.calls, self.call = pool, calls, 0
+
+    def forward(self, x):
+        top, bottom, left, right = pool_pads(self.pool, *x.shape[2:])
+        flat = F.pad(x, (left, right, top, bottom)).flatten(2)
+        index = torch.from_numpy(self.calls[self.call])
+        self.call += 1
+        out = flat.gather(2, index)
+        k, s = self.pool.kernel_size, self.pool.stride
+        ho = (x.shape[2] + top + bottom - k) // s + 1
+        return out.view(*x.shape[:2], ho, -1)
+
+
+def _relus(model):
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, nn.ReLU)]
+
+
+@contextlib.contextmanager
+def record_choices(model):
+    """Yields {ReLU path: [input > 0], 'maxpool': [winners]}, one entry per call, filled while open."""
+    choices = {}
+
+    def hook(path, what):
+        return lambda _module, args: choices.setdefault(path, []).append(what(args[0].detach().numpy()))
+
+    hooks = [(m, hook(p, lambda a: a > 0)) for p, m in _relus(model)]
+    if model.spec.stem.pool is not None:
+        hooks.append((model.maxpool, hook("maxpool", lambda a: pool_winners(a, model.spec.stem.pool))))
+    handles = [m.register_forward_pre_hook(h) for m, h in hooks]
+    try:
+        yield choices
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def pin(model, choices):
+    """Make ``model`` replay ``choices`` (from ``record_choices``) call by call."""
+    for path, _ in _relus(model):
+        parent, _, child = path.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, _PinnedReLU(choices[path]))
+    if "maxpool" in choices:
+        model.maxpool = _PinnedPool(model.spec.stem.pool, choices["maxpool"])
+    return model
+
+
+def flips(model):
+    """How many ReLU inputs a pinned model rounded to the other side of zero from the reference."""
+    return sum(m.flips for m in model.modules() if isinstance(m, _PinnedReLU))
 
 
 def sgd(model, batches, lrs, weight_decay, momentum, nesterov, label_smoothing):

@@ -29,6 +29,9 @@ def add_arguments(p):
     p.add_argument("--recipe", default=DEFAULT_RECIPE,
                    help="recipe whose optimizer, lr schedule, weight decay and label smoothing the steps check uses")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the inputs")
+    p.add_argument("--residual-gamma", type=float, default=0.25, metavar="G",
+                   help="weight of each block's last BN in the seeded weights (default %(default)s; timm's "
+                        "and mindcv's init is 1, where SKNet-50's training is chaotic in float32: docs/parity.md)")
     p.add_argument("--checkpoint", help="weights for both sides (any file sknet convert reads) instead of the seed's")
     p.add_argument("--mindspore-checkpoint", metavar="PATH",
                    help="MindSpore's own weights, e.g. a converted file to check against --checkpoint")
@@ -54,11 +57,13 @@ def run(args):
         from ..checkpoint import read_canonical
         from ..params import init_state
 
-        state = read_canonical(args.checkpoint, spec) if args.checkpoint else init_state(spec, args.seed)
+        state = (read_canonical(args.checkpoint, spec) if args.checkpoint
+                 else init_state(spec, args.seed, args.residual_gamma))
         if args.mindspore_checkpoint:
             ms_state = read_canonical(args.mindspore_checkpoint, spec)
     setup = make_setup(spec, state, ms_state=ms_state, batch=args.batch, size=size, seed=args.seed,
                        mode=args.mode, recipe=args.recipe, steps=args.steps, floor=args.floor,
+                       residual_gamma=args.residual_gamma,
                        steps_per_epoch=args.steps_per_epoch, torch_fast=args.torch_fast)
     results = run_checks(setup, checks)
     layer = None

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import SKNetError
 from ..params import tensor_specs
-from .report import Result, compare, compare_many, errors, skipped
+from .report import compare, compare_many, errors, skipped
 
 TOLERANCES = {
     "eval": 1e-5,
@@ -46,6 +46,7 @@ class Setup:
     recipe: str = DEFAULT_RECIPE
     steps: int = 10
     steps_per_epoch: int = 1000       # where in the recipe's schedule the steps sit (see sgd_plan)
+    residual_gamma: float = 0.25      # weight of each block's last BN in the default state (see make_setup)
     floor: bool = False               # also measure PyTorch fp32 against PyTorch fp64
     torch_fast: bool = False          # PyTorch's fast CPU paths instead of its module-by-module math
 
@@ -55,11 +56,20 @@ class Setup:
 
 
 def inputs(spec, batch, size, seed, index=0):
-    """Batch ``index`` of standard-normal images and uniform labels, the same on both sides."""
+    """Batch ``index`` of images and uniform labels, the same on both sides.
+
+    Standard-normal pixels times a per-image contrast in [0.5, 1.5], plus a per-image,
+    per-channel brightness ~ N(0, 1): images that differ in their global statistics, as
+    photos do. The SK attention and its BN see only globally pooled features, and for
+    i.i.d. noise those are nearly the same for every image at 224 px, which makes their
+    gradients cancellation residues (docs/parity.md, finding 1).
+    """
     rng = np.random.default_rng([seed, index])
-    x = rng.standard_normal((batch, spec.input.in_chans, size, size)).astype(np.float32)
+    c = spec.input.in_chans
+    x = rng.standard_normal((batch, c, size, size))
+    x = x * rng.uniform(0.5, 1.5, (batch, 1, 1, 1)) + rng.standard_normal((batch, c, 1, 1))
     y = rng.integers(0, spec.num_classes, batch).astype(np.int64)
-    return x, y
+    return x.astype(np.float32), y
 
 
 def sides():
@@ -122,42 +132,53 @@ def check_train(setup, tp, mp):
     return [logits, stats]
 
 
-def judged_by_floor(name, ref, out, ref64, tol, note, scales=None):
-    """Per-tensor results split by how well-conditioned fp32 itself is on each tensor.
+def with_floor(name, ref, out, ref64, tol, note, scales=None):
+    """Every tensor held to ``tol``, with how far PyTorch fp32 itself is from fp64 beside it.
 
-    Where PyTorch fp32 is within tol/10 of PyTorch fp64, MindSpore is held to ``tol``
-    (row ``name``). Where it is not, no fp32 framework can be held to ``tol``; those
-    tensors go to their own row, ``name.ill_conditioned``, where MindSpore must be within
-    twice PyTorch's own fp32 error on each tensor. Nothing is hidden: both rows print.
+    The floor is what no float32 implementation can beat; where it comes near ``tol`` the
+    note says so, and the check's setup has to change (docs/parity.md), not the tolerance.
     """
-    scales = scales or {}
-    floor = {k: errors(ref64[k], ref[k], scales.get(k))[1] for k in ref}
-    good = [k for k in ref if floor[k] <= tol / 10]
-    bad = [k for k in ref if k not in good]
-    pick = lambda state, keys: {k: state[k] for k in keys}  # noqa: E731
-    main = compare_many(name, pick(ref, good), pick(out, good), tol, note=note, scales=scales)
-    main.details["fp32_vs_fp64"] = max((floor[k] for k in good), default=0.0)
-    if not bad:
-        return [main]
-    per = {k: errors(ref[k], out[k], scales.get(k)) for k in bad}
-    failed = sorted(k for k in bad if not per[k][1] <= 2 * floor[k])
-    worst = max(bad, key=lambda k: per[k][1] / floor[k])
-    ill = Result(f"{name}.ill_conditioned", max(a for a, _ in per.values()), per[worst][1], 2 * floor[worst],
-                 not failed, worst=worst,
-                 note=f"{len(bad)} of {len(ref)} tensors where PyTorch fp32 is > tol/10 from fp64; tol = 2x that",
-                 details={"tensors": bad, "fp32_vs_fp64": {k: floor[k] for k in bad}, "failed": failed})
-    return [main, ill]
+    result = compare_many(name, ref, out, tol, note=note, scales=scales)
+    floor = {k: errors(ref64[k], ref[k], (scales or {}).get(k))[1] for k in ref}
+    result.details["fp32_vs_fp64"] = max(floor.values(), default=0.0)
+    near = sorted(k for k in floor if floor[k] > tol / 10)
+    if near:
+        result.details["near_floor"] = {k: floor[k] for k in near}
+        result.note += f"; PyTorch fp32 itself is > tol/10 from fp64 on {len(near)} tensors"
+    return result
+
+
+def unpinned(name, ref, out, ref64, note):
+    """Each backend on its own ReLU signs: reported, not judged (docs/parity.md, finding 8).
+
+    Where a float32 pass rounds a ReLU input near zero to the other side, the gradient
+    takes another linear piece of the network; how often that happens differs between any
+    two float32 implementations, PyTorch's own ones included, so this row informs.
+    """
+    result = compare_many(name, ref, out, TOLERANCES["grad"], note=note)
+    floor = compare_many("", ref64, ref, 1.0)
+    result.passed = None
+    result.details["fp32_vs_fp64"] = floor.max_rel
+    result.note += f"; PyTorch fp32 vs fp64 on the same: {floor.max_rel:.1e} ({floor.worst}); informative"
+    return result
 
 
 def check_grad(setup, tp, mp):
+    """Gradients of the whole backward pass, both backends on PyTorch fp64's ReLU signs and max-pool winners."""
     x, y = inputs(setup.spec, setup.batch, setup.size, setup.seed)
-    ref_loss, ref = tp.grads(tp.build(setup.spec, setup.state), x, y)
-    out_loss, out = mp.grads(mp.build(setup.spec, setup.mindspore_state), x, y)
-    _, ref64 = tp.grads(tp.build(setup.spec, setup.state, "float64"), x, y)
-    results = judged_by_floor("grad", ref, out, ref64, TOLERANCES["grad"],
-                              note="d CE / d every parameter, per tensor")
-    results[0].details["loss"] = [ref_loss, out_loss]
-    return results
+    t64 = tp.build(setup.spec, setup.state, "float64")
+    with tp.record_choices(t64) as choices:
+        _, ref64 = tp.grads(t64, x, y)
+    t32 = tp.pin(tp.build(setup.spec, setup.state), choices)
+    ref_loss, ref = tp.grads(t32, x, y)
+    out_loss, out = mp.grads(mp.pin(mp.build(setup.spec, setup.mindspore_state), choices), x, y)
+    result = with_floor("grad", ref, out, ref64, TOLERANCES["grad"],
+                        note="d CE / d every parameter, per tensor, ReLU signs and max-pool winners of PyTorch fp64 on both")
+    result.details.update(loss=[ref_loss, out_loss], torch_fp32_flips=tp.flips(t32),
+                              relu_inputs=int(sum(a.size for p, calls in choices.items() if p != "maxpool" for a in calls)))
+    _, free = tp.grads(tp.build(setup.spec, setup.state), x, y)
+    _, free_ms = mp.grads(mp.build(setup.spec, setup.mindspore_state), x, y)
+    return [result, unpinned("grad.unpinned", free, free_ms, ref64, note="each backend on its own ReLU signs and max-pool winners")]
 
 
 def sgd_plan(setup):
@@ -181,10 +202,16 @@ def sgd_plan(setup):
 
 def check_steps(setup, tp, mp):
     plan = sgd_plan(setup)
-    ref_losses, ref, travel = tp.sgd(tp.build(setup.spec, setup.state), *plan)
-    out_losses, out, _ = mp.sgd(mp.build(setup.spec, setup.mindspore_state), *plan)
-    # The same steps in fp64: how far PyTorch's own fp32 is from exact, tensor by tensor.
-    losses64, state64, _ = tp.sgd(tp.build(setup.spec, setup.state, "float64"), *plan)
+    # The same steps in fp64 first: how far PyTorch's own fp32 is from exact, tensor by
+    # tensor, and the ReLU signs of every step, which both fp32 runs replay (see check_grad).
+    t64 = tp.build(setup.spec, setup.state, "float64")
+    with tp.record_choices(t64) as choices:
+        losses64, state64, _ = tp.sgd(t64, *plan)
+    # GRAPH mode compiles one pass's signs into the graph: there each side keeps its own.
+    pinned = setup.mode == "pynative"
+    t32, m32 = tp.build(setup.spec, setup.state), mp.build(setup.spec, setup.mindspore_state)
+    ref_losses, ref, travel = tp.sgd(tp.pin(t32, choices) if pinned else t32, *plan)
+    out_losses, out, _ = mp.sgd(mp.pin(m32, choices) if pinned else m32, *plan)
     tol = TOLERANCES["steps"]
     what = f"{setup.steps} SGD steps of recipe {setup.recipe}"
     losses = compare("steps.loss", ref_losses, out_losses, tol, note=f"loss at each of {what}")
@@ -193,9 +220,8 @@ def check_steps(setup, tp, mp):
     _floor(losses, losses64, ref_losses)
     # Each tensor on the scale of max(|w|, sum over steps of |update|): a BN beta or bias
     # starts at zero and ends as a sum of updates of mixed sign.
-    return [losses] + judged_by_floor(
-        "steps.weights", ref, out, state64, tol, scales=travel,
-        note=f"tensors after {what}, on the scale of max(|w|, sum |update|)")
+    return [losses, with_floor("steps.weights", ref, out, state64, tol, scales=travel,
+                               note=f"tensors after {what}, on the scale of max(|w|, sum |update|)")]
 
 
 def check_fp16(setup, tp, mp):
@@ -255,10 +281,15 @@ def run_checks(setup, checks=DEFAULT_CHECKS):
 
 
 def make_setup(spec, state=None, **kwargs):
-    """A ``Setup`` whose weights are ``state`` or, by default, ``init_state(spec, seed)``."""
+    """A ``Setup`` whose weights are ``state`` or, by default, ``init_state(spec, seed, residual_gamma)``.
+
+    The default scales each block's last BN to 0.25 (docs/parity.md, finding 8): at timm's
+    1, SKNet-50's training is chaotic from the first steps, PyTorch fp32 against its own
+    fp64 included, and no two float32 implementations could agree to the tolerances.
+    """
     from ..params import init_state
 
     setup = Setup(spec=spec, state=state if state is not None else {}, **kwargs)
     if state is None:
-        setup = replace(setup, state=init_state(spec, setup.seed))
+        setup = replace(setup, state=init_state(spec, setup.seed, setup.residual_gamma))
     return setup
