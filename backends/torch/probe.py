@@ -120,7 +120,8 @@ def record_choices(model):
 
 def pin(model, choices):
     """Make ``model`` replay ``choices`` (from ``record_choices``) call by call."""
-    for path, _ in _relus(model):
+    # A ReLU that a fused fast path skipped has no choices; it stays as it is.
+    for path in (p for p, _ in _relus(model) if p in choices):
         parent, _, child = path.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, _PinnedReLU(choices[path]))
     if "maxpool" in choices:

@@ -149,7 +149,7 @@ def with_floor(name, ref, out, ref64, tol, note, scales=None):
 
 
 def unpinned(name, ref, out, ref64, note):
-    """Each backend on its own ReLU signs: reported, not judged (docs/parity.md, finding 8).
+    """Each backend on its own discrete choices: reported, not judged (docs/parity.md, finding 8).
 
     Where a float32 pass rounds a ReLU input near zero to the other side, the gradient
     takes another linear piece of the network; how often that happens differs between any
@@ -164,7 +164,7 @@ def unpinned(name, ref, out, ref64, note):
 
 
 def check_grad(setup, tp, mp):
-    """Gradients of the whole backward pass, both backends on PyTorch fp64's ReLU signs and max-pool winners."""
+    """Whole-network gradients, both sides on PyTorch fp64's ReLU signs and max-pool winners."""
     x, y = inputs(setup.spec, setup.batch, setup.size, setup.seed)
     t64 = tp.build(setup.spec, setup.state, "float64")
     with tp.record_choices(t64) as choices:
@@ -173,12 +173,13 @@ def check_grad(setup, tp, mp):
     ref_loss, ref = tp.grads(t32, x, y)
     out_loss, out = mp.grads(mp.pin(mp.build(setup.spec, setup.mindspore_state), choices), x, y)
     result = with_floor("grad", ref, out, ref64, TOLERANCES["grad"],
-                        note="d CE / d every parameter, per tensor, ReLU signs and max-pool winners of PyTorch fp64 on both")
-    result.details.update(loss=[ref_loss, out_loss], torch_fp32_flips=tp.flips(t32),
-                              relu_inputs=int(sum(a.size for p, calls in choices.items() if p != "maxpool" for a in calls)))
+                        note="d CE / d every parameter, per tensor, on PyTorch fp64's ReLU signs and pool winners")
+    relu_inputs = sum(a.size for path, calls in choices.items() if path != "maxpool" for a in calls)
+    result.details.update(loss=[ref_loss, out_loss], torch_fp32_flips=tp.flips(t32), relu_inputs=int(relu_inputs))
     _, free = tp.grads(tp.build(setup.spec, setup.state), x, y)
     _, free_ms = mp.grads(mp.build(setup.spec, setup.mindspore_state), x, y)
-    return [result, unpinned("grad.unpinned", free, free_ms, ref64, note="each backend on its own ReLU signs and max-pool winners")]
+    return [result, unpinned("grad.unpinned", free, free_ms, ref64,
+                             note="each backend on its own ReLU signs and pool winners")]
 
 
 def sgd_plan(setup):
