@@ -81,6 +81,20 @@ def pool_out(size, pool):
     return conv_out(size, pool.kernel_size, pool.stride, (pool.kernel_size - 1) // 2)
 
 
+def pool_pads(pool, height, width):
+    """(top, bottom, left, right) padding of the stem's max-pool on a height x width map."""
+    k, s = pool.kernel_size, pool.stride
+    if pool.padding == "same":
+        # TensorFlow's / MindSpore's "same": the odd extra row and column go bottom/right.
+        out = []
+        for n in (height, width):
+            total = max((pool_out(n, pool) - 1) * s + k - n, 0)
+            out += [total // 2, total - total // 2]
+        return tuple(out)
+    p = (k - 1) // 2
+    return (p, p, p, p)
+
+
 class _Walker:
     def __init__(self, spec, size=None):
         self.spec = spec

@@ -176,6 +176,11 @@ def test_cli_rejects_an_unknown_check(capsys):
     assert code == 2 and out == "" and "unknown check 'speed'" in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_rejects_a_non_finite_residual_gamma(capsys):
+    code, out, err = run_cli(capsys, "sknet_small", "--residual-gamma", "nan")
+    assert code == 2 and out == "" and "--residual-gamma" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("tensor, first", [
     # A branch conv of the second SK unit: its branch diverges first, not the stem or unit 1.
     ("layer2.0.conv1.paths.1.conv.weight", "layer2.0.conv1.paths.1"),

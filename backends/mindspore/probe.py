@@ -10,7 +10,7 @@ from mindspore import nn, ops
 
 import contextlib
 
-from sknet.parity.pinning import pool_pads
+from sknet.tree import pool_out, pool_pads
 
 from . import layers
 from .model import SKNet
@@ -99,8 +99,7 @@ class _PinnedPool(_Replay):
         top, bottom, left, right = pool_pads(self.pool, x.shape[2], x.shape[3])
         flat = ops.pad(x, (left, right, top, bottom)).reshape(x.shape[0], x.shape[1], -1)
         out = ops.gather_elements(flat, 2, self.next_choice())
-        ho = (x.shape[2] + top + bottom - self.pool.kernel_size) // self.pool.stride + 1
-        return out.reshape(x.shape[0], x.shape[1], ho, -1)
+        return out.reshape(x.shape[0], x.shape[1], pool_out(x.shape[2], self.pool), -1)
 
 
 def pin(net, choices):

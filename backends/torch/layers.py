@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sknet.tree import pool_pads
+
 # Inference fast paths on/off (parity tests and the benchmark compare both ways).
 FAST = True
 
@@ -265,22 +267,19 @@ def run_downsample(seq, x):
 class SamePadMaxPool2d(nn.Module):
     """Max-pool padded as TensorFlow's / MindSpore's ``pad_mode="same"``: extra rows bottom/right."""
 
-    def __init__(self, kernel_size, stride):
+    def __init__(self, pool):
         super().__init__()
-        self.kernel_size, self.stride = kernel_size, stride
+        self.pool = pool
 
     def forward(self, x):
-        pads = []
-        for size in (x.shape[-1], x.shape[-2]):
-            total = max((-(-size // self.stride) - 1) * self.stride + self.kernel_size - size, 0)
-            pads += [total // 2, total - total // 2]
-        x = F.pad(x, pads, value=float("-inf"))
-        return F.max_pool2d(x, self.kernel_size, self.stride)
+        top, bottom, left, right = pool_pads(self.pool, *x.shape[2:])
+        x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+        return F.max_pool2d(x, self.pool.kernel_size, self.pool.stride)
 
 
 def max_pool(pool):
     if pool is None:
         return nn.Identity()
     if pool.padding == "same":
-        return SamePadMaxPool2d(pool.kernel_size, pool.stride)
+        return SamePadMaxPool2d(pool)
     return nn.MaxPool2d(pool.kernel_size, pool.stride, (pool.kernel_size - 1) // 2)

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sknet.parity.pinning import pool_pads, pool_winners
+from sknet.parity.pinning import pool_winners
+from sknet.tree import pool_out, pool_pads
 
 from . import layers
 from .model import SKNet
@@ -89,10 +90,7 @@ class _PinnedPool(nn.Module):
         flat = F.pad(x, (left, right, top, bottom)).flatten(2)
         index = torch.from_numpy(self.calls[self.call])
         self.call += 1
-        out = flat.gather(2, index)
-        k, s = self.pool.kernel_size, self.pool.stride
-        ho = (x.shape[2] + top + bottom - k) // s + 1
-        return out.view(*x.shape[:2], ho, -1)
+        return flat.gather(2, index).view(*x.shape[:2], pool_out(x.shape[2], self.pool), -1)
 
 
 def _relus(model):

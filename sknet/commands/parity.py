@@ -4,6 +4,7 @@ the gradients of a cross-entropy loss, and k SGD steps of a recipe (also fp16 an
 request). Prints a table (or JSON) and exits 1 when any check fails its tolerance.
 ``--layers`` adds where the two part ways: every stem/branch/attention/SK/block output."""
 import json
+import math
 import sys
 
 HELP = "cross-backend numerical parity (PyTorch vs MindSpore), with a per-layer report"
@@ -51,6 +52,8 @@ def run(args):
     spec = get_spec(args.model)
     if min(args.batch, args.steps, args.steps_per_epoch) < 1 or (args.size is not None and args.size < 8):
         raise SKNetError("--batch, --steps and --steps-per-epoch must be >= 1 and --size >= 8")
+    if not math.isfinite(args.residual_gamma):
+        raise SKNetError(f"--residual-gamma must be a finite number, got {args.residual_gamma}")
     size = args.size or spec.input.size
     state = ms_state = None
     if args.checkpoint or args.mindspore_checkpoint:

@@ -6,24 +6,12 @@ ReLU inputs near zero, or a near-tie in a pool window, the other way from exact
 arithmetic, and each such element moves the gradients upstream of it by ~1/sqrt(N) of
 their size. The gradient and SGD checks therefore record these choices in PyTorch's
 float64 pass and make both float32 backends replay them (docs/parity.md, finding 8).
-This module holds the framework-free part: where a max-pool window sits.
+This module holds the framework-free part: which input wins each max-pool window.
 """
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-
-def pool_pads(pool, height, width):
-    """(top, bottom, left, right) padding of the stem's max-pool on a height x width map."""
-    k, s = pool.kernel_size, pool.stride
-    if pool.padding == "same":
-        # TensorFlow's / MindSpore's "same": the odd extra row and column go bottom/right.
-        out = []
-        for n in (height, width):
-            total = max((-(-n // s) - 1) * s + k - n, 0)
-            out += [total // 2, total - total // 2]
-        return tuple(out)
-    p = (k - 1) // 2
-    return (p, p, p, p)
+from ..tree import pool_pads
 
 
 def pool_winners(x, pool):
