@@ -203,8 +203,10 @@ class SelectiveKernel(nn.Module):
         return out
 
     def _select_two(self, b0, b1):
-        # mean(b0 + b1) = mean(b0) + mean(b1): the branch sum is never materialised.
-        pooled = b0.mean((2, 3), keepdim=True) + b1.mean((2, 3), keepdim=True)
+        # mean(b0 + b1) = (sum(b0) + sum(b1)) / HW: the branch sum is never materialised, and
+        # dividing the pooled (B, C, 1, 1) rather than taking means keeps the backward of
+        # each branch's pooling a broadcast view instead of a (B, C, H, W) division.
+        pooled = (b0.sum((2, 3), keepdim=True) + b1.sum((2, 3), keepdim=True)) / (b0.shape[2] * b0.shape[3])
         logits = self.attn.logits(pooled)
         # Softmax over two logits is sigmoid of their difference, and
         # w0 * b0 + (1 - w0) * b1 is one lerp from b1 towards b0.

@@ -36,10 +36,10 @@ class SKNet(nn.Module):
 
     def forward_features(self, x):
         infer = inferring(self, x)
-        if infer and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4:
-            # oneDNN's CPU inference convolutions run NHWC without the per-call NCHW reorders;
+        if layers.FAST and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4:
+            # oneDNN's CPU convolutions, forward and backward, run NHWC without the per-call
+            # NCHW reorders (a skresnet18 training step 340 -> 303 ms, SKNet-50 1251 -> 1045 ms);
             # the parameters keep their layout, so state dicts and names do not change.
-            # Training stays NCHW: NHWC has not been measured faster for it yet.
             x = x.contiguous(memory_format=torch.channels_last)
         if infer:
             x = conv_bn_infer(x, self.conv1, self.bn1, True)
