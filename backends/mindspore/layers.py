@@ -107,6 +107,19 @@ class Conv2d(nn.Conv2d):
         return super().construct(x)
 
 
+_ROW_SUM = ops.ReduceSum(keep_dims=True)
+
+
+def spatial_sum(x):
+    """Per-channel sum over H and W of NCHW ``x``, as (B, C, 1, 1).
+
+    MindSpore 2.10's CPU reduction over two axes of a 4-D tensor runs about 15 times slower
+    than over the rows of its (B*C, H*W) view (8x64x56x56: 7.0 ms against 0.46 ms, GRAPH).
+    """
+    b, c, h, w = x.shape
+    return _ROW_SUM(x.reshape(b * c, h * w), 1).reshape(b, c, 1, 1)
+
+
 def batch_norm(channels, norm):
     # MindSpore's momentum weighs the old statistic: 1 - PyTorch's.
     return nn.BatchNorm2d(channels, eps=norm.eps, momentum=1.0 - norm.momentum)
@@ -187,14 +200,18 @@ class SelectiveKernel(nn.Cell):
         return out
 
     def select_two(self, b0, b1):
-        # mean(b0 + b1) = mean(b0) + mean(b1), and softmax over two logits is the sigmoid
-        # of their difference: w0 * b0 + (1 - w0) * b1 = b1 + w0 * (b0 - b1).
-        pooled = b0.mean(axis=(2, 3), keep_dims=True) + b1.mean(axis=(2, 3), keep_dims=True)
-        logits = self.attn.logits(pooled)
+        # mean(b0 + b1) = (sum(b0) + sum(b1)) / HW, and softmax over two logits is the sigmoid
+        # of their difference: w0 * b0 + (1 - w0) * b1 = b1 + w0 * (b0 - b1). All of it runs on
+        # (B*C, H*W) views, so the reductions, the forward's and the backward's of the broadcast
+        # weight alike, are single-axis row sums (see ``spatial_sum``).
+        b, c, h, w = b0.shape
+        x0, x1 = b0.reshape(b * c, h * w), b1.reshape(b * c, h * w)
+        pooled = (_ROW_SUM(x0, 1) + _ROW_SUM(x1, 1)) / (h * w)
+        logits = self.attn.logits(pooled.reshape(b, c, 1, 1))
         w0 = ops.sigmoid(logits[:, 0] - logits[:, 1])
         if self.record:
             self.recorded = (ops.stack([w0, 1 - w0], axis=1), [b0, b1])
-        return b1 + (b0 - b1) * w0
+        return (x1 + (x0 - x1) * w0.reshape(b * c, 1)).reshape(b, c, h, w)
 
 
 class BasicBlock(nn.Cell):

@@ -3,7 +3,8 @@ from mindspore import nn
 
 from sknet.params import init_state
 
-from .layers import BasicBlock, Bottleneck, Conv2d, batch_norm, max_pool
+from . import layers
+from .layers import BasicBlock, Bottleneck, Conv2d, batch_norm, max_pool, spatial_sum
 from .names import load_canonical
 
 
@@ -34,6 +35,7 @@ class SKNet(nn.Cell):
         self.use_dropout = spec.head.dropout > 0
         self.drop = nn.Dropout(p=spec.head.dropout) if self.use_dropout else nn.Identity()
         self.fc = nn.Dense(inplanes, spec.num_classes)
+        self.fast_pool = layers.FAST
         for name, param in self.parameters_and_names():
             param.name = name
 
@@ -44,7 +46,11 @@ class SKNet(nn.Cell):
         return x
 
     def forward_head(self, x):
-        return self.fc(self.drop(x.mean(axis=(2, 3))))
+        if self.fast_pool:
+            x = spatial_sum(x).reshape(x.shape[0], -1) / (x.shape[2] * x.shape[3])
+        else:
+            x = x.mean(axis=(2, 3))
+        return self.fc(self.drop(x))
 
     def construct(self, x):
         return self.forward_head(self.forward_features(x))
