@@ -55,9 +55,11 @@ class Figure:
     """Per-iteration wall times of one (model, implementation, task), gathered over rounds."""
     times: list = field(default_factory=list)
     peak_extra: int = 0
+    round_medians: list = field(default_factory=list)
 
     def add(self, times, peak_extra):
         self.times.extend(times)
+        self.round_medians.append(statistics.median(times))
         self.peak_extra = max(self.peak_extra, peak_extra)
 
     @property
@@ -73,6 +75,11 @@ class Figure:
         return (q[2] - q[0]) / self.median
 
 
+def round_ratios(ours, theirs):
+    """Their median over ours, round by round: how far the machine's noise moves the ratio."""
+    return [t / o for o, t in zip(ours.round_medians, theirs.round_medians)]
+
+
 def timed(step, iters, sync=None):
     """Wall time of each of ``iters`` calls of ``step`` (``sync`` waits for async work)."""
     out = []
@@ -83,18 +90,3 @@ def timed(step, iters, sync=None):
             sync()
         out.append(time.perf_counter() - t0)
     return out
-
-
-def run_alternating(runners, iters, rounds):
-    """Time every runner ``iters`` times per round, runners interleaved round by round.
-
-    The machine is shared: interleaving gives every implementation the same share of
-    whatever else is running, so ratios stay fair even when absolute figures wander.
-    """
-    figures = {key: Figure() for key in runners}
-    for _ in range(rounds):
-        for key, (step, sync) in runners.items():
-            with PeakRSS() as mem:
-                times = timed(step, iters, sync)
-            figures[key].add(times, mem.extra)
-    return figures

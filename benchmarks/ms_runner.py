@@ -3,6 +3,8 @@ import importlib.util
 
 import numpy as np
 
+import measure
+
 SEED = 0
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
 MODES = ("pynative", "graph")
@@ -98,6 +100,11 @@ class MSImpl:
         loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
         opt = nn.Momentum(net.trainable_params(), LR, MOMENTUM, weight_decay=WEIGHT_DECAY)
         self.train_net = nn.TrainOneStepCell(nn.WithLossCell(net, loss), opt)
+
+    sync = None  # asnumpy in each step already waits for the asynchronous executor
+
+    def memory(self):
+        return measure.PeakRSS()
 
     def logits(self):
         self.net.set_train(False)

@@ -44,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=3, help="alternations of ours and theirs")
     p.add_argument("--channels-last", action="store_true", help="PyTorch: NHWC tensors (both sides)")
     p.add_argument("--compile", action="store_true", help="PyTorch: torch.compile (both sides)")
+    p.add_argument("--device", default="cpu", help="PyTorch: cpu, cuda or cuda:N (MindSpore runs on the CPU)")
+    p.add_argument("--amp", choices=["fp16", "bf16"], help="PyTorch: autocast to this dtype (both sides)")
     p.add_argument("--no-reference", action="store_true", help="time ours only")
     p.add_argument("--onednn-isa", help="set ONEDNN_MAX_CPU_ISA (e.g. AVX2) before any framework "
                    "loads; it applies to every implementation in the run")
@@ -76,21 +78,18 @@ def bench(impls, tasks, args):
     """{(label, task): Figure}: warm each up, then alternate them round by round."""
     figures = {}
     for task in tasks:
-        steps = {}
         for label, impl in impls.items():
             step = impl.set_task(task)
-            with measure.PeakRSS() as mem:
-                for _ in range(args.warmup):
-                    step()
-            steps[label] = (step, None)
+            with impl.memory() as mem:
+                measure.timed(step, args.warmup, impl.sync)
             figures[(label, task)] = measure.Figure(peak_extra=mem.extra)
         # Only one implementation may be in train mode at a time for BN bookkeeping to
         # stay its own: set_task is called again right before each one's turn.
         for _ in range(args.rounds):
             for label, impl in impls.items():
                 step = impl.set_task(task)
-                with measure.PeakRSS() as mem:
-                    times = measure.timed(step, args.iters)
+                with impl.memory() as mem:
+                    times = measure.timed(step, args.iters, impl.sync)
                 figures[(label, task)].add(times, mem.extra)
     return figures
 
@@ -108,7 +107,7 @@ def rows_for(model, backend, mode, spec, size, batch, figures, roof):
     return rows
 
 
-def print_rows(rows, deviation, ref_label):
+def print_rows(rows, figures, deviation, ref_label):
     for r in rows:
         print(f"  {r['impl']:7s} {r['task']:5s} {r['ms']:9.1f} ms/step {r['images_per_s']:8.2f} img/s "
               f"{r['gflops']:7.1f} GFLOP/s ({100 * r['roofline']:4.1f}% of matmul) "
@@ -117,10 +116,12 @@ def print_rows(rows, deviation, ref_label):
     for task in TASKS:
         if ("sknet", task) in by and (ref_label, task) in by:
             ratio = by[(ref_label, task)]["ms"] / by[("sknet", task)]["ms"]
-            print(f"  ours/{ref_label} {task}: {ratio:.3f}x speed")
-            for r in rows:
-                if r["impl"] == "sknet" and r["task"] == task:
-                    r[f"ratio_vs_{ref_label}"] = ratio
+            per_round = measure.round_ratios(figures[("sknet", task)], figures[(ref_label, task)])
+            print(f"  ours/{ref_label} {task}: {ratio:.3f}x speed "
+                  f"(rounds: {min(per_round):.3f}x to {max(per_round):.3f}x)")
+            ours = by[("sknet", task)]
+            ours[f"ratio_vs_{ref_label}"] = ratio
+            ours[f"round_ratios_vs_{ref_label}"] = per_round
     if deviation is not None:
         print(f"  eval logits, ours vs {ref_label} with the same weights: max |diff| / max |logit| "
               f"= {deviation:.2e}")
@@ -132,15 +133,19 @@ def run_torch(args, roof_by_threads):
     tr.set_threads(args.threads)
     reference = not args.no_reference and tr.has_timm()
     rows = []
-    mode = "eager" + ("+compile" if args.compile else "") + ("+channels_last" if args.channels_last else "")
+    mode = "eager" + "".join(f"+{flag}" for flag, on in (
+        ("compile", args.compile), ("channels_last", args.channels_last), (f"amp_{args.amp}", args.amp)) if on)
     for name in args.models:
         spec = get_spec(name)
-        impls, dev = tr.prepare(name, spec, args.batch, args.size, reference,
-                                args.channels_last, args.compile)
-        print(f"\n{name} | torch {mode} | batch {args.batch} x {args.size}^2 | {args.threads} threads")
+        impls, dev = tr.prepare(name, spec, args.batch, args.size, reference, args.channels_last,
+                                args.compile, args.device, args.amp)
+        print(f"\n{name} | torch {mode} on {args.device} | batch {args.batch} x {args.size}^2 | "
+              f"{args.threads} threads")
         figs = bench(impls, args.tasks, args)
         r = rows_for(name, "torch", mode, spec, args.size, args.batch, figs, roof_by_threads)
-        print_rows(r, dev, "timm")
+        for row in r:
+            row["device"] = args.device
+        print_rows(r, figs, dev, "timm")
         rows += r
         del impls
     return rows
@@ -162,17 +167,17 @@ def run_mindspore(args):
                   f"| {args.threads} threads")
             figs = bench(impls, args.tasks, args)
             r = rows_for(name, "mindspore", mode, spec, args.size, args.batch, figs, roof)
-            print_rows(r, dev, "mindcv")
+            print_rows(r, figs, dev, "mindcv")
             rows += r
             del impls
     mr.set_mode("pynative")
     return rows
 
 
-def gemm_rate(threads):
+def gemm_rate(threads, device):
     import torch_runner as tr
 
-    return tr.matmul_gflops(threads), "torch.mm 1024^3"
+    return tr.matmul_gflops(threads, device), f"torch.mm 1024^3 on {device}"
 
 
 def main(argv=None):
@@ -192,7 +197,7 @@ def main(argv=None):
           "training step; roofline = that over the same framework's fp32 GEMM rate")
     rows, roof = [], None
     if "torch" in backends:
-        roof, how = gemm_rate(args.threads)
+        roof, how = gemm_rate(args.threads, args.device)
         print(f"\n# PyTorch fp32 matmul roof: {roof:.1f} GFLOP/s ({how}, {args.threads} threads)")
         rows += run_torch(args, roof)
     if "mindspore" in backends:

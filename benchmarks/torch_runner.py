@@ -1,7 +1,10 @@
 """PyTorch side of the benchmark: our backend and, when importable, timm's same-named model."""
+import contextlib
 import importlib.util
 
 import numpy as np
+
+import measure
 
 SEED = 0
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
@@ -17,19 +20,22 @@ def set_threads(n):
     torch.set_num_threads(n)
 
 
-def matmul_gflops(threads, n=1024, seconds=1.0):
-    """Same-run fp32 GEMM rate on ``threads`` threads: the roof a conv net can approach."""
+def matmul_gflops(threads, device="cpu", n=1024, seconds=1.0):
+    """Same-run fp32 GEMM rate on ``threads`` threads (or the GPU): the roof a conv net can approach."""
     import time
 
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    sync = _sync(device)
     torch.mm(a, b)
     best, t_end = float("inf"), time.perf_counter() + seconds
     while time.perf_counter() < t_end:
         t0 = time.perf_counter()
         torch.mm(a, b)
+        if sync is not None:
+            sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n ** 3 / best / 1e9
 
@@ -54,13 +60,38 @@ def build_timm(name, spec, canonical):
     return model
 
 
+def _sync(device):
+    import torch
+
+    return torch.cuda.synchronize if str(device).startswith("cuda") else None
+
+
+class CudaPeak:
+    """Peak CUDA memory allocated during the block above what was allocated at its start."""
+
+    def __enter__(self):
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        self.base = torch.cuda.memory_allocated()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.cuda.synchronize()
+        self.extra = torch.cuda.max_memory_allocated() - self.base
+
+
 class TorchImpl:
     """One model prepared for inference and for training steps on a fixed batch."""
 
-    def __init__(self, model, x, y, channels_last=False, compile=False):
+    def __init__(self, model, x, y, channels_last=False, compile=False, device="cpu", amp=None):
         import torch
 
         self.torch = torch
+        model, x, y = model.to(device), x.to(device), y.to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
@@ -68,28 +99,44 @@ class TorchImpl:
         self.fn = torch.compile(model) if compile else model
         self.opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM,
                                    weight_decay=WEIGHT_DECAY)
+        self.sync = _sync(device)
+        self.cuda = str(device).startswith("cuda")
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
+        self.autocast = (lambda: torch.autocast(x.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+        # fp16 gradients underflow without a loss scale; bf16 and fp32 need none.
+        self.scaler = torch.amp.GradScaler(x.device.type) if amp == "fp16" else None
+
+    def memory(self):
+        """Peak memory of a phase: CUDA allocations on a GPU, the process's RSS on the CPU."""
+        return CudaPeak() if self.cuda else measure.PeakRSS()
 
     def logits(self):
         self.model.eval()
         with self.torch.inference_mode():
-            return self.fn(self.x).float().numpy()
+            return self.fn(self.x).float().cpu().numpy()
 
     def infer_step(self):
-        with self.torch.inference_mode():
+        with self.torch.inference_mode(), self.autocast():
             self.fn(self.x)
 
     def train_step(self):
-        loss = self.torch.nn.functional.cross_entropy(self.fn(self.x), self.y)
+        with self.autocast():
+            loss = self.torch.nn.functional.cross_entropy(self.fn(self.x), self.y)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        if self.scaler is None:
+            loss.backward()
+            self.opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
 
     def set_task(self, task):
         self.model.train(task == "train")
         return self.train_step if task == "train" else self.infer_step
 
 
-def prepare(name, spec, batch, size, reference, channels_last, compile):
+def prepare(name, spec, batch, size, reference, channels_last, compile, device="cpu", amp=None):
     """{implementation label: TorchImpl}, plus the reference's eval-logit deviation from ours."""
     import torch
 
@@ -99,11 +146,11 @@ def prepare(name, spec, batch, size, reference, channels_last, compile):
     x = torch.from_numpy(rng.standard_normal((batch, spec.input.in_chans, size, size), dtype=np.float32))
     y = torch.from_numpy(rng.integers(0, spec.num_classes, batch))
     ours = build_ours(spec)
-    impls = {"sknet": TorchImpl(ours, x, y, channels_last, compile)}
+    impls = {"sknet": TorchImpl(ours, x, y, channels_last, compile, device, amp)}
     deviation = None
     if reference:
         theirs = build_timm(name, spec, bt.to_canonical(ours))
-        impls["timm"] = TorchImpl(theirs, x, y, channels_last, compile)
+        impls["timm"] = TorchImpl(theirs, x, y, channels_last, compile, device, amp)
         a, b = impls["sknet"].logits(), impls["timm"].logits()
         deviation = float(np.abs(a - b).max() / np.abs(b).max())
     return impls, deviation

@@ -106,11 +106,14 @@ def test_torch_training_math_is_unchanged(torch):
     assert worst(grads(torch.float64, False), grads(torch.float64, True)) < 1e-10
     # In fp32 both on the ReLU signs of the float64 pass: a ReLU input rounded across zero
     # moves a gradient entry by its whole size, which is not a math change (docs/parity.md,
-    # finding 8). The fast path's fused residual ReLU is a function, not a module, and
-    # stays unpinned: its ~4e5 inputs here make a flip unlikely.
+    # finding 8). The fast path (NHWC, in-place residual) runs every ReLU through its
+    # module, the blocks' residual ReLUs included, so replaying the signs covers all of them.
     reference = bt.build(spec, seed=2).to(torch.float64).train()
+    with probe.record_choices(reference) as fast_choices:
+        reference(torch.from_numpy(x).double())
     with plain_math(), probe.record_choices(reference) as choices:
         reference(torch.from_numpy(x).double())
+    assert sorted(fast_choices) == sorted(choices) and "layer1.0.act" in choices
     assert worst(grads(torch.float32, False, choices), grads(torch.float32, True, choices)) < 1e-4
 
 

@@ -94,7 +94,9 @@ def drop_folded(module):
 def conv_bn_infer(x, conv, bn, relu, residual=None):
     """Eval-mode ``relu?(bn(conv(x)) + residual?)`` with the BN folded into the conv."""
     f = folded(conv, bn)
-    if _POINTWISE is not None and x.device.type == "cpu" and x.dtype == torch.float32:
+    # oneDNN's fused op is outside autocast's op list: under CPU autocast F.conv2d runs instead.
+    if (_POINTWISE is not None and x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")):
         args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
         shape = tuple(x.shape)
         w = f.packed.get(shape)
@@ -120,15 +122,19 @@ class ConvBnAct(nn.Module):
         self.bn = batch_norm(cout, norm)
         self.act = nn.ReLU(inplace=True) if act else nn.Identity()
 
-    def forward(self, x, residual=None):
-        """``act(bn(conv(x)))``; with ``residual``, ``relu(bn(conv(x)) + residual)`` (act off)."""
+    def forward(self, x, residual=None, residual_act=None):
+        """``act(bn(conv(x)))``; with ``residual``, ``residual_act(bn(conv(x)) + residual)`` (act off).
+
+        ``residual_act`` is the block's own ReLU module, so that hooks on it (the parity
+        checks record and replay its signs) see the fast path as they see the plain one.
+        """
         if inferring(self, x):
             return conv_bn_infer(x, self.conv, self.bn, residual is not None or self.has_act,
                                  residual)
         y = self.act(self.bn(self.conv(x)))
         if residual is not None:
             y += residual  # BN's backward needs its input, not its output: safe in place
-            y = F.relu_(y)
+            y = residual_act(y)
         return y
 
     @property
@@ -232,7 +238,7 @@ class BasicBlock(nn.Module):
     def forward(self, x):
         shortcut = x if self.downsample is None else run_downsample(self.downsample, x)
         if FAST:
-            return self.conv2(self.conv1(x), residual=shortcut)
+            return self.conv2(self.conv1(x), residual=shortcut, residual_act=self.act)
         return self.act(self.conv2(self.conv1(x)) + shortcut)
 
 
@@ -250,7 +256,7 @@ class Bottleneck(nn.Module):
     def forward(self, x):
         shortcut = x if self.downsample is None else run_downsample(self.downsample, x)
         if FAST:
-            return self.conv3(self.conv2(self.conv1(x)), residual=shortcut)
+            return self.conv3(self.conv2(self.conv1(x)), residual=shortcut, residual_act=self.act)
         return self.act(self.conv3(self.conv2(self.conv1(x))) + shortcut)
 
 
