@@ -122,8 +122,9 @@ class MSImpl:
         return self.train_step if task == "train" else self.infer_step
 
 
-def prepare(name, spec_of, batch, size, reference):
-    """{label: MSImpl} for ``name`` (mindcv's spec when comparing), and the logit deviation."""
+def prepare(name, spec_of, batch, size, reference, compare=True):
+    """{label: MSImpl} for ``name`` (mindcv's spec when comparing), and the logit deviation
+    (None when not ``compare``: the memory probe wants no pass run before its own)."""
     import backends.mindspore as bm
 
     spec = spec_of(MINDCV_SPEC.get(name, name) if reference else name)
@@ -139,6 +140,7 @@ def prepare(name, spec_of, batch, size, reference):
         theirs = create_model(name, num_classes=spec.num_classes, pretrained=False)
         copy_weights(ours, theirs)
         impls["mindcv"] = MSImpl(theirs, x, y)
+    if reference and compare:
         a, b = impls["sknet"].logits(), impls["mindcv"].logits()
         deviation = float(np.abs(a - b).max() / np.abs(b).max())
     return spec, impls, deviation

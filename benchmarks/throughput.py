@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 
@@ -49,6 +50,10 @@ def parse_args(argv=None):
     p.add_argument("--no-reference", action="store_true", help="time ours only")
     p.add_argument("--onednn-isa", help="set ONEDNN_MAX_CPU_ISA (e.g. AVX2) before any framework "
                    "loads; it applies to every implementation in the run")
+    p.add_argument("--memory", choices=["fresh", "inline"], default="fresh",
+                   help="peak memory from a fresh process per implementation and task (default), or "
+                   "from the timed run itself, where whatever ran before in the process skews it")
+    p.add_argument("--memory-probe", metavar="LABEL:TASK", help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write every figure here")
     return p.parse_args(argv)
 
@@ -74,8 +79,13 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
-def bench(impls, tasks, args):
-    """{(label, task): Figure}: warm each up, then alternate them round by round."""
+def bench(impls, tasks, args, fresh_peak):
+    """{(label, task): Figure}: warm each up, then alternate them round by round.
+
+    ``fresh_peak(label, task)`` gives the peak memory from a process of its own when
+    ``--memory fresh``: in one process, the first implementation's allocations stay
+    mapped and the next one's peak is measured on top of them.
+    """
     figures = {}
     for task in tasks:
         for label, impl in impls.items():
@@ -91,7 +101,54 @@ def bench(impls, tasks, args):
                 with impl.memory() as mem:
                     times = measure.timed(step, args.iters, impl.sync)
                 figures[(label, task)].add(times, mem.extra)
+    if args.memory == "fresh":
+        for label, task in figures:
+            figures[(label, task)].peak_extra = fresh_peak(label, task)
     return figures
+
+
+def fresh_peak(args, backend, mode, name, reference):
+    """A function running ``--memory-probe`` for (label, task) in a child process."""
+    def probe(label, task):
+        cmd = [sys.executable, os.path.abspath(__file__), "--memory-probe", f"{label}:{task}",
+               "--models", name, "--backends", backend, "--ms-modes", mode, "--batch", str(args.batch),
+               "--size", str(args.size), "--threads", str(args.threads), "--device", args.device,
+               "--warmup", str(max(args.warmup, 1))]
+        for flag, on in (("--channels-last", args.channels_last), ("--compile", args.compile),
+                         ("--no-reference", not reference)):
+            cmd += [flag] if on else []
+        for flag, value in (("--amp", args.amp), ("--onednn-isa", args.onednn_isa)):
+            cmd += [flag, value] if value else []
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"memory probe {name} {label} {task} failed: {tail}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])["peak_extra"]
+    return probe
+
+
+def run_probe(args):
+    """Child of ``fresh_peak``: build as the parent did, run one implementation's warm-up, print its peak."""
+    label, task = args.memory_probe.split(":")
+    name, reference = args.models[0], not args.no_reference
+    if args.backends == ["torch"]:
+        import torch_runner as tr
+
+        tr.set_threads(args.threads)
+        impls, _ = tr.prepare(name, get_spec(name), args.batch, args.size, reference, args.channels_last,
+                              args.compile, args.device, args.amp, compare=False)
+    else:
+        import ms_runner as mr
+
+        mr.set_threads(args.threads)
+        mr.set_mode(args.ms_modes[0])
+        _, impls, _ = mr.prepare(name, get_spec, args.batch, args.size, reference, compare=False)
+    impl = impls[label]
+    step = impl.set_task(task)
+    with impl.memory() as mem:
+        measure.timed(step, args.warmup, impl.sync)
+    print(json.dumps({"peak_extra": mem.extra}))
+    return 0
 
 
 def rows_for(model, backend, mode, spec, size, batch, figures, roof):
@@ -141,7 +198,7 @@ def run_torch(args, roof_by_threads):
                                 args.compile, args.device, args.amp)
         print(f"\n{name} | torch {mode} on {args.device} | batch {args.batch} x {args.size}^2 | "
               f"{args.threads} threads")
-        figs = bench(impls, args.tasks, args)
+        figs = bench(impls, args.tasks, args, fresh_peak(args, "torch", "pynative", name, reference))
         r = rows_for(name, "torch", mode, spec, args.size, args.batch, figs, roof_by_threads)
         for row in r:
             row["device"] = args.device
@@ -165,7 +222,7 @@ def run_mindspore(args):
             spec, impls, dev = mr.prepare(name, get_spec, args.batch, args.size, reference)
             print(f"\n{name} ({spec.name}) | mindspore {mode} | batch {args.batch} x {args.size}^2 "
                   f"| {args.threads} threads")
-            figs = bench(impls, args.tasks, args)
+            figs = bench(impls, args.tasks, args, fresh_peak(args, "mindspore", mode, name, reference))
             r = rows_for(name, "mindspore", mode, spec, args.size, args.batch, figs, roof)
             print_rows(r, figs, dev, "mindcv")
             rows += r
@@ -184,6 +241,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.onednn_isa:
         os.environ["ONEDNN_MAX_CPU_ISA"] = args.onednn_isa
+    if args.memory_probe:
+        return run_probe(args)
     import importlib.util
 
     backends = [b for b in args.backends if importlib.util.find_spec(b) is not None]

@@ -136,8 +136,10 @@ class TorchImpl:
         return self.train_step if task == "train" else self.infer_step
 
 
-def prepare(name, spec, batch, size, reference, channels_last, compile, device="cpu", amp=None):
-    """{implementation label: TorchImpl}, plus the reference's eval-logit deviation from ours."""
+def prepare(name, spec, batch, size, reference, channels_last, compile, device="cpu", amp=None,
+            compare=True):
+    """{implementation label: TorchImpl}, plus the reference's eval-logit deviation from ours
+    (None when not ``compare``: the memory probe wants no pass run before its own)."""
     import torch
 
     import backends.torch as bt
@@ -151,6 +153,7 @@ def prepare(name, spec, batch, size, reference, channels_last, compile, device="
     if reference:
         theirs = build_timm(name, spec, bt.to_canonical(ours))
         impls["timm"] = TorchImpl(theirs, x, y, channels_last, compile, device, amp)
+    if reference and compare:
         a, b = impls["sknet"].logits(), impls["timm"].logits()
         deviation = float(np.abs(a - b).max() / np.abs(b).max())
     return impls, deviation
