@@ -75,6 +75,19 @@ class Figure:
         return (q[2] - q[0]) / self.median
 
 
+def best_rate(fn, flops, seconds=1.0, sync=None):
+    """GFLOP/s of the fastest of repeated calls of ``fn`` (``flops`` each) over ``seconds``."""
+    fn()
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        best = min(best, time.perf_counter() - t0)
+    return flops / best / 1e9
+
+
 def round_ratios(ours, theirs):
     """Their median over ours, round by round: how far the machine's noise moves the ratio."""
     return [t / o for o, t in zip(ours.round_medians, theirs.round_medians)]

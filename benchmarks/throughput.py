@@ -167,7 +167,7 @@ def rows_for(model, backend, mode, spec, size, batch, figures, roof):
 def print_rows(rows, figures, deviation, ref_label):
     for r in rows:
         print(f"  {r['impl']:7s} {r['task']:5s} {r['ms']:9.1f} ms/step {r['images_per_s']:8.2f} img/s "
-              f"{r['gflops']:7.1f} GFLOP/s ({100 * r['roofline']:4.1f}% of matmul) "
+              f"{r['gflops']:7.1f} GFLOP/s ({100 * r['roofline']:4.1f}% of roof) "
               f"+{r['peak_mib']:6.0f} MiB peak  IQR {100 * r['spread']:4.1f}%  n={r['n']}")
     by = {(r["impl"], r["task"]): r for r in rows}
     for task in TASKS:
@@ -184,7 +184,7 @@ def print_rows(rows, figures, deviation, ref_label):
               f"= {deviation:.2e}")
 
 
-def run_torch(args, roof_by_threads):
+def run_torch(args, roof):
     import torch_runner as tr
 
     tr.set_threads(args.threads)
@@ -199,7 +199,7 @@ def run_torch(args, roof_by_threads):
         print(f"\n{name} | torch {mode} on {args.device} | batch {args.batch} x {args.size}^2 | "
               f"{args.threads} threads")
         figs = bench(impls, args.tasks, args, fresh_peak(args, "torch", "pynative", name, reference))
-        r = rows_for(name, "torch", mode, spec, args.size, args.batch, figs, roof_by_threads)
+        r = rows_for(name, "torch", mode, spec, args.size, args.batch, figs, roof)
         for row in r:
             row["device"] = args.device
         print_rows(r, figs, dev, "timm")
@@ -212,8 +212,7 @@ def run_mindspore(args):
     import ms_runner as mr
 
     mr.set_threads(args.threads)
-    roof = mr.matmul_gflops(args.threads)
-    print(f"\n# MindSpore fp32 MatMul roof: {roof:.1f} GFLOP/s (ops.matmul 1024^3, {args.threads} threads)")
+    roof = print_roof("MindSpore", mr.roof_gflops(args.threads), args.threads)
     reference = not args.no_reference and mr.has_mindcv()
     rows = []
     for mode in args.ms_modes:
@@ -231,10 +230,12 @@ def run_mindspore(args):
     return rows
 
 
-def gemm_rate(threads, device):
-    import torch_runner as tr
-
-    return tr.matmul_gflops(threads, device), f"torch.mm 1024^3 on {device}"
+def print_roof(framework, rates, threads):
+    """The best of the measured dense rates; every one of them printed."""
+    roof = max(rates.values())
+    each = ", ".join(f"{what} {rate:.1f}" for what, rate in rates.items())
+    print(f"\n# {framework} fp32 roof: {roof:.1f} GFLOP/s on {threads} threads, the best of: {each}")
+    return roof
 
 
 def main(argv=None):
@@ -253,11 +254,13 @@ def main(argv=None):
           f"{os.cpu_count()} cores | {json.dumps(versions())} | "
           f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}")
     print(f"# GFLOP/s = 2 x MACs (sknet.tree.count_macs) per image, x{TRAIN_FLOP_FACTOR} for a "
-          "training step; roofline = that over the same framework's fp32 GEMM rate")
+          "training step; roofline = that over the best dense fp32 rate (GEMM, 3x3 conv) the same "
+          "framework reaches in this run")
     rows, roof = [], None
     if "torch" in backends:
-        roof, how = gemm_rate(args.threads, args.device)
-        print(f"\n# PyTorch fp32 matmul roof: {roof:.1f} GFLOP/s ({how}, {args.threads} threads)")
+        import torch_runner as tr
+
+        roof = print_roof(f"PyTorch ({args.device})", tr.roof_gflops(args.threads, args.device), args.threads)
         rows += run_torch(args, roof)
     if "mindspore" in backends:
         rows += run_mindspore(args)
