@@ -177,3 +177,40 @@ def test_mindspore_conv_gemm_gradients(kernel, stride, dilation, size, pynative)
     assert np.abs(got[0].asnumpy() - ref).max() <= 1e-5 * np.abs(ref).max()
     ref_w = ms.grad(lambda a: (conv(a) ** 2).sum(), grad_position=None, weights=[conv.weight])(x)[0]
     assert np.abs(got[1].asnumpy() - ref_w.asnumpy()).max() <= 1e-5 * np.abs(ref_w.asnumpy()).max()
+
+
+@pytest.mark.parametrize("padding", ["same", "symmetric"])
+@pytest.mark.parametrize("mode", ["pynative", "graph"])
+def test_mindspore_training_pool_matches_maxpool2d(padding, mode, ms):
+    from mindspore import nn
+
+    from backends.mindspore.layers import MaxPool
+    from sknet.spec import PoolSpec
+
+    ms.set_device("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    try:
+        rng = np.random.default_rng(6)
+        x = rng.standard_normal((2, 3, 11, 10), dtype=np.float32)
+        x[:, :, :5, :6] = 0.5   # tied positive maxima: the first window position must win
+        x[:, 1, 6:, :] = -1.0   # tied negative ones (a pool does not always follow a ReLU)
+        g = ms.Tensor(rng.standard_normal((2, 3, 6, 5), dtype=np.float32))
+        pool = MaxPool(PoolSpec(padding=padding))
+        pool.set_train(True)
+        ref_pool = pool.pool  # MindSpore's own nn.MaxPool2d, as inference runs it
+
+        class Loss(nn.Cell):
+            def __init__(self, net):
+                super().__init__()
+                self.net = net
+
+            def construct(self, a, b):
+                return (self.net(a) * b).sum()
+
+        got = ms.grad(Loss(pool))(ms.Tensor(x), g).asnumpy()
+        ref = ms.grad(Loss(ref_pool))(ms.Tensor(x), g).asnumpy()
+        assert np.array_equal(pool(ms.Tensor(x)).asnumpy(), ref_pool(ms.Tensor(x)).asnumpy())
+        assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()
+        assert np.count_nonzero(got) == np.count_nonzero(ref)  # one winner per window, as MaxPoolGrad
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
