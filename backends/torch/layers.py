@@ -122,11 +122,11 @@ class ConvBnAct(nn.Module):
         self.bn = batch_norm(cout, norm)
         self.act = nn.ReLU(inplace=True) if act else nn.Identity()
 
-    def forward(self, x, residual=None, residual_act=None):
+    def forward(self, x, residual=None, residual_act=F.relu_):
         """``act(bn(conv(x)))``; with ``residual``, ``residual_act(bn(conv(x)) + residual)`` (act off).
 
-        ``residual_act`` is the block's own ReLU module, so that hooks on it (the parity
-        checks record and replay its signs) see the fast path as they see the plain one.
+        The blocks pass their own in-place ReLU module as ``residual_act``, so that hooks on
+        it (the parity checks record and replay its signs) see the fast path as the plain one.
         """
         if inferring(self, x):
             return conv_bn_infer(x, self.conv, self.bn, residual is not None or self.has_act,
