@@ -75,6 +75,13 @@ class Figure:
         return (q[2] - q[0]) / self.median
 
 
+# The dense work both frameworks' roofs are measured on: a square GEMM and a 3x3 conv.
+ROOF_GEMM_N = 1024
+ROOF_CONV_SHAPE = (8, 256, 28, 28)  # batch, channels in = out, height, width
+ROOF_GEMM_FLOPS = 2 * ROOF_GEMM_N ** 3
+ROOF_CONV_FLOPS = 2 * 9 * ROOF_CONV_SHAPE[0] * ROOF_CONV_SHAPE[1] ** 2 * ROOF_CONV_SHAPE[2] * ROOF_CONV_SHAPE[3]
+
+
 def best_rate(fn, flops, seconds=1.0, sync=None):
     """GFLOP/s of the fastest of repeated calls of ``fn`` (``flops`` each) over ``seconds``."""
     fn()

@@ -42,13 +42,14 @@ def roof_gflops(threads):
     set_threads(threads)
     set_mode("pynative")
     rng = np.random.default_rng(SEED)
-    a = ms.Tensor(rng.standard_normal((1024, 1024), dtype=np.float32))
-    x = ms.Tensor(rng.standard_normal((8, 256, 28, 28), dtype=np.float32))
-    w = ms.Tensor(rng.standard_normal((256, 256, 3, 3), dtype=np.float32))
-    conv = ops.Conv2D(256, 3, pad_mode="pad", pad=1)
-    return {"ops.matmul 1024^3": measure.best_rate(lambda: ops.matmul(a, a).asnumpy(), 2 * 1024 ** 3),
-            "3x3 Conv2D 8x256x28x28": measure.best_rate(
-                lambda: conv(x, w).asnumpy(), 2 * 8 * 256 * 256 * 9 * 28 * 28)}
+    n, (batch, c, h, w) = measure.ROOF_GEMM_N, measure.ROOF_CONV_SHAPE
+    a = ms.Tensor(rng.standard_normal((n, n), dtype=np.float32))
+    x = ms.Tensor(rng.standard_normal((batch, c, h, w), dtype=np.float32))
+    k = ms.Tensor(rng.standard_normal((c, c, 3, 3), dtype=np.float32))
+    conv = ops.Conv2D(c, 3, pad_mode="pad", pad=1)
+    return {f"ops.matmul {n}^3": measure.best_rate(lambda: ops.matmul(a, a).asnumpy(), measure.ROOF_GEMM_FLOPS),
+            f"3x3 Conv2D {batch}x{c}x{h}x{w}": measure.best_rate(
+                lambda: conv(x, k).asnumpy(), measure.ROOF_CONV_FLOPS)}
 
 
 def set_mode(mode):

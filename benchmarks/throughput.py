@@ -250,6 +250,13 @@ def main(argv=None):
     if not backends:
         print("error: neither torch nor mindspore is importable", file=sys.stderr)
         return 2
+    if "torch" in backends:
+        import torch_runner as tr
+
+        error = tr.device_error(args.device)
+        if error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | {cpu_model()} | "
           f"{os.cpu_count()} cores | {json.dumps(versions())} | "
           f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}")
@@ -258,8 +265,6 @@ def main(argv=None):
           "framework reaches in this run")
     rows, roof = [], None
     if "torch" in backends:
-        import torch_runner as tr
-
         roof = print_roof(f"PyTorch ({args.device})", tr.roof_gflops(args.threads, args.device), args.threads)
         rows += run_torch(args, roof)
     if "mindspore" in backends:

@@ -29,12 +29,13 @@ def roof_gflops(threads, device="cpu"):
 
     torch.set_num_threads(threads)
     sync = _sync(device)
-    a, b = torch.randn(1024, 1024, device=device), torch.randn(1024, 1024, device=device)
-    x = torch.randn(8, 256, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(256, 256, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
-    return {"torch.mm 1024^3": measure.best_rate(lambda: torch.mm(a, b), 2 * 1024 ** 3, sync=sync),
-            "3x3 conv 8x256x28x28 NHWC": measure.best_rate(
-                lambda: F.conv2d(x, w, padding=1), 2 * 8 * 256 * 256 * 9 * 28 * 28, sync=sync)}
+    n, (batch, c, h, w) = measure.ROOF_GEMM_N, measure.ROOF_CONV_SHAPE
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    x = torch.randn(batch, c, h, w, device=device).contiguous(memory_format=torch.channels_last)
+    k = torch.randn(c, c, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
+    return {f"torch.mm {n}^3": measure.best_rate(lambda: torch.mm(a, b), measure.ROOF_GEMM_FLOPS, sync=sync),
+            f"3x3 conv {batch}x{c}x{h}x{w} NHWC": measure.best_rate(
+                lambda: F.conv2d(x, k, padding=1), measure.ROOF_CONV_FLOPS, sync=sync)}
 
 
 def build_ours(spec):
@@ -55,6 +56,21 @@ def build_timm(name, spec, canonical):
     if missing or unexpected:
         raise RuntimeError(f"timm {name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model
+
+
+def device_error(device):
+    """A one-line reason ``device`` cannot run the benchmark, or None."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as err:
+        return f"--device {device}: {str(err).splitlines()[0]}"
+    if kind not in ("cpu", "cuda"):
+        return f"--device {device}: only cpu and cuda are supported"
+    if kind == "cuda" and not torch.cuda.is_available():
+        return f"--device {device}: this PyTorch sees no CUDA device"
+    return None
 
 
 def _sync(device):
@@ -97,7 +113,7 @@ class TorchImpl:
         self.opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM,
                                    weight_decay=WEIGHT_DECAY)
         self.sync = _sync(device)
-        self.cuda = str(device).startswith("cuda")
+        self.cuda = x.device.type == "cuda"
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
         self.autocast = (lambda: torch.autocast(x.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
         # fp16 gradients underflow without a loss scale; bf16 and fp32 need none.

@@ -38,6 +38,16 @@ def test_benchmark_script_reports_consistent_figures(tmp_path, torch):
     assert "ours/" not in proc.stdout  # no reference library was asked for
 
 
+@pytest.mark.parametrize("device", ["tpu9", "xla"])
+def test_benchmark_refuses_a_bad_device_in_one_line(device, tmp_path, torch):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "throughput.py"), "--models", "sknet_small",
+           "--backends", "torch", "--device", device, "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and not out.exists() and not list(tmp_path.iterdir())
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and f"--device {device}" in proc.stderr
+
+
 def small(name):
     """The shipped spec with one narrow block per stage: same layer kinds, a fraction of the cost."""
     spec = get_spec(name)
