@@ -127,6 +127,35 @@ def test_torch_training_math_is_unchanged(torch):
     assert worst(grads(torch.float32, False, choices), grads(torch.float32, True, choices)) < 1e-4
 
 
+@pytest.mark.parametrize("size", [14, 15])
+@pytest.mark.parametrize("groups", [1, 4])
+def test_torch_strided_dilated_conv_runs_on_the_subsampled_grid(size, groups, torch):
+    from backends.torch.layers import Conv2d, plain_math
+
+    # Only convs whose taps all land on multiples of the stride take the subsampled path.
+    assert Conv2d(8, 8, 3, stride=2, padding=2, dilation=2).subsample
+    assert Conv2d(8, 8, 5, stride=3, padding=6, dilation=3).subsample
+    assert not Conv2d(8, 8, 3, stride=2, padding=1, dilation=1).subsample
+    assert not Conv2d(8, 8, 3, stride=2, padding=1, dilation=2).subsample
+    assert not Conv2d(8, 8, 3, stride=1, padding=2, dilation=2).subsample
+    conv = Conv2d(8, 16, 3, stride=2, padding=2, dilation=2, groups=groups).double()
+    x = torch.randn(2, 8, size, size + 1, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 16, (size + 1) // 2, (size + 2) // 2, dtype=torch.float64)
+
+    def run(plain):
+        x.grad = conv.weight.grad = None
+        with plain_math() if plain else contextlib.nullcontext():
+            y = conv(x)
+        y.backward(g)
+        return y.detach(), x.grad.clone(), conv.weight.grad.clone()
+
+    # The same products summed in another order: float64 rounding apart (odd sizes included,
+    # where the last row or column has no right-hand neighbour).
+    for fast, plain in zip(run(False), run(True)):
+        assert fast.shape == plain.shape
+        assert (fast - plain).abs().max() <= 1e-12 * plain.abs().max()
+
+
 def test_torch_record_gives_softmax_weights(torch):
     import backends.torch as bt
     from backends.torch.layers import plain_math

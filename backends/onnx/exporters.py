@@ -58,7 +58,11 @@ def from_torch(spec, tensors, opset, fuse_bn, dynamic_batch, batch, size):
     buf = io.BytesIO()
     # The TorchScript exporter folds eval-mode BN into the convs as part of constant
     # folding; without --fuse-bn it is turned off so the BN nodes stay.
-    with warnings.catch_warnings():
+    # Module by module too: the CPU fast paths (NHWC stages, the subsampled strided dilated
+    # convs, the sigmoid-lerp selection) would put shape-dependent layout ops in the graph.
+    from backends.torch.layers import plain_math
+
+    with warnings.catch_warnings(), plain_math():
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=opset, input_names=[INPUT],

@@ -9,6 +9,10 @@ from .layers import BasicBlock, Bottleneck, batch_norm, conv_bn_infer, drop_fold
 from .names import load_canonical
 
 
+# Pixels per map at and below which a training stage runs NCHW on the CPU (see forward_features).
+SMALL_MAP = 7 * 7
+
+
 class SKNet(nn.Module):
     def __init__(self, spec):
         super().__init__()
@@ -36,17 +40,22 @@ class SKNet(nn.Module):
 
     def forward_features(self, x):
         infer = inferring(self, x)
-        if layers.FAST and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4:
-            # oneDNN's CPU convolutions, forward and backward, run NHWC without the per-call
-            # NCHW reorders (a skresnet18 training step 340 -> 303 ms, SKNet-50 1251 -> 1045 ms);
-            # the parameters keep their layout, so state dicts and names do not change.
+        # oneDNN's CPU convolutions, forward and backward, run NHWC without the per-call
+        # NCHW reorders (a skresnet18 training step 340 -> 303 ms, SKNet-50 1251 -> 1045 ms);
+        # the parameters keep their layout, so state dicts and names do not change.
+        nhwc = layers.FAST and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+        if nhwc:
             x = x.contiguous(memory_format=torch.channels_last)
         if infer:
             x = conv_bn_infer(x, self.conv1, self.bn1, True)
         else:
             x = self.act1(self.bn1(self.conv1(x)))
         x = self.maxpool(x)
-        for name in self.stage_names:
+        for name, stride in zip(self.stage_names, self.spec.stages.strides):
+            if nhwc and not infer and -(-x.shape[2] // stride) * -(-x.shape[3] // stride) <= SMALL_MAP:
+                # Except where oneDNN's NHWC weight gradients lose to its NCHW ones: on the
+                # smallest maps (512-channel 3x3 at 7x7: 11.6 vs 5.9 ms), training runs NCHW.
+                x = x.contiguous()
             x = getattr(self, name)(x)
         return x
 
