@@ -120,7 +120,7 @@ class Conv2d(nn.Conv2d):
     With stride = dilation = d and padding d*(k-1)/2, every tap lands on a multiple of d:
     the conv is a stride-1, undilated one over ``x[..., ::d, ::d]`` with padding (k-1)/2.
     Same weights, same products; oneDNN's backward of the strided dilated form ran 1.2-1.9x
-    slower than the dense one (the stride-2 SK branches of every stage after the first).
+    slower than the dense one (the dilated branch of every stride-2 SK unit).
     CPU only: that is where it was measured.
     """
 

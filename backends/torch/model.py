@@ -54,7 +54,8 @@ class SKNet(nn.Module):
             x = self.act1(self.bn1(self.conv1(x)))
         x = self.maxpool(x)
         for name, stride in zip(self.stage_names, self.spec.stages.strides):
-            if nhwc and not infer and math.ceil(x.shape[2] / stride) * math.ceil(x.shape[3] / stride) <= SMALL_MAP:
+            out_pixels = math.ceil(x.shape[2] / stride) * math.ceil(x.shape[3] / stride)
+            if nhwc and not infer and out_pixels <= SMALL_MAP:
                 # Except where oneDNN's NHWC weight gradients lose to its NCHW ones: on the
                 # smallest maps (512-channel 3x3 at 7x7: 11.6 vs 5.9 ms), training runs NCHW.
                 x = x.contiguous()
