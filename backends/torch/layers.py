@@ -143,7 +143,7 @@ class ConvBnAct(nn.Module):
     def __init__(self, cin, cout, kernel, norm, stride=1, dilation=1, groups=1, act=True):
         super().__init__()
         self.conv = Conv2d(cin, cout, kernel, stride, dilation * (kernel - 1) // 2, dilation,
-                              groups, bias=False)
+                           groups, bias=False)
         self.bn = batch_norm(cout, norm)
         self.act = nn.ReLU(inplace=True) if act else nn.Identity()
 
