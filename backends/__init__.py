@@ -1,5 +1,5 @@
 """One subpackage per framework, each a thin translation of ``sknet.spec``.
 
-Importing ``backends`` imports no framework; ``backends.torch`` imports PyTorch and
-``backends.mindspore`` imports MindSpore.
+Importing ``backends`` imports no framework; ``sknet.backends.torch`` imports PyTorch and
+``sknet.backends.mindspore`` imports MindSpore.
 """

@@ -124,7 +124,7 @@ class MSImpl:
 def prepare(name, spec_of, batch, size, reference, compare=True):
     """{label: MSImpl} for ``name`` (mindcv's spec when comparing), and the logit deviation
     (None when not ``compare``: the memory probe wants no pass run before its own)."""
-    import backends.mindspore as bm
+    import sknet.backends.mindspore as bm
 
     spec = spec_of(MINDCV_SPEC.get(name, name) if reference else name)
     rng = np.random.default_rng(SEED)

@@ -39,7 +39,7 @@ def roof_gflops(threads, device="cpu"):
 
 
 def build_ours(spec):
-    import backends.torch as bt
+    import sknet.backends.torch as bt
 
     return bt.build(spec, seed=SEED)
 
@@ -155,7 +155,7 @@ def prepare(name, spec, batch, size, reference, channels_last, compile, device="
     (None when not ``compare``: the memory probe wants no pass run before its own)."""
     import torch
 
-    import backends.torch as bt
+    import sknet.backends.torch as bt
 
     rng = np.random.default_rng(SEED)
     x = torch.from_numpy(rng.standard_normal((batch, spec.input.in_chans, size, size), dtype=np.float32))

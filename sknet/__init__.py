@@ -24,7 +24,7 @@ def backend_module(backend):
     framework, extra = BACKENDS[backend]
     # The backend package first: it sets the framework's environment before importing it.
     try:
-        return importlib.import_module(f"backends.{backend}")
+        return importlib.import_module(f"sknet.backends.{backend}")
     except ImportError as err:
         if (err.name or "").split(".")[0] == framework:
             raise BackendMissing(backend, framework, extra) from None

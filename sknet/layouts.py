@@ -25,7 +25,7 @@ from .tree import Conv, Norm, SKUnit, layers
 
 SCHEMES = ("torch", "mindspore", "mindcv")
 TRACKED = "num_batches_tracked"
-# MindSpore's BatchNorm2d names; backends.mindspore.names uses the same (a test checks).
+# MindSpore's BatchNorm2d names; sknet.backends.mindspore.names uses the same (a test checks).
 MS_BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
          "running_var": "moving_variance"}
 # Order of a BN's tensors in each framework's own listing (state_dict / get_parameters).

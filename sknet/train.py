@@ -60,9 +60,9 @@ def train(opts, step_hook=None):
         prepare_mindspore()
     backend_module(opts.backend)
     if opts.backend == "torch":
-        from backends.torch.train import run
+        from sknet.backends.torch.train import run
     else:
-        from backends.mindspore.train import run
+        from sknet.backends.mindspore.train import run
     return run(opts, step_hook=step_hook)
 
 

@@ -42,7 +42,7 @@ def photos(tmp_path_factory):
 
 
 def torch_model(spec, seed=1):
-    import backends.torch as bt
+    import sknet.backends.torch as bt
 
     return bt.build(spec, seed=seed).eval()
 
@@ -58,8 +58,8 @@ def pair(spec, torch, ms):
 
 def ms_net_like(model):
     """A MindSpore network holding the PyTorch model's weights (different init first, overwritten)."""
-    import backends.mindspore as bm
-    import backends.torch as bt
+    import sknet.backends.mindspore as bm
+    import sknet.backends.torch as bt
 
     net = bm.build(model.spec, seed=7)
     bm.load_canonical(net, bt.to_canonical(model))
@@ -127,8 +127,8 @@ def _reference_weights(state, path, branches, eps):
 
 
 def test_torch_capture_is_the_units_own_selection(spec, torch):
-    import backends.torch as bt
-    from backends.torch.attention import capture, sk_cells
+    import sknet.backends.torch as bt
+    from sknet.backends.torch.attention import capture, sk_cells
 
     model = torch_model(spec)
     state = bt.to_canonical(model)
@@ -155,9 +155,9 @@ def test_torch_capture_is_the_units_own_selection(spec, torch):
 
 
 def test_logits_bit_exact_with_and_without_capture(spec, pair, torch, pynative):
-    from backends.mindspore.attention import capture as ms_capture
-    from backends.mindspore.attention import sk_cells as ms_cells
-    from backends.torch.attention import capture, sk_cells
+    from sknet.backends.mindspore.attention import capture as ms_capture
+    from sknet.backends.mindspore.attention import sk_cells as ms_cells
+    from sknet.backends.torch.attention import capture, sk_cells
 
     model, net = pair
     x = images(spec, batch=2, size=SIZE, seed=3)
@@ -176,7 +176,7 @@ def test_logits_bit_exact_with_and_without_capture(spec, pair, torch, pynative):
 
 
 def test_mindspore_capture_from_graph_mode_runs_pynative_and_restores(spec, pair, graph):
-    from backends.mindspore.attention import capture
+    from sknet.backends.mindspore.attention import capture
 
     _, net = pair
     _, rec = capture(net, images(spec, batch=1, size=SIZE))
@@ -185,8 +185,8 @@ def test_mindspore_capture_from_graph_mode_runs_pynative_and_restores(spec, pair
 
 
 def test_attention_equal_across_backends(spec, pair, photos, pynative):
-    from backends.mindspore.attention import capture as ms_capture
-    from backends.torch.attention import capture
+    from sknet.backends.mindspore.attention import capture as ms_capture
+    from sknet.backends.torch.attention import capture
 
     model, net = pair
     units = unit_paths(spec)
@@ -314,7 +314,7 @@ def test_cli_unreadable_image_is_named(tmp_path, capsys):
 
 def test_cli_reads_a_checkpoint(photos, tmp_path, capsys, torch):
     pytest.importorskip("sknet.checkpoint")  # the conversion issue's reader
-    from backends.torch.attention import capture
+    from sknet.backends.torch.attention import capture
 
     spec = get_spec("sknet_small")
     model = torch_model(spec, seed=11)

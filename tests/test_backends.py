@@ -13,15 +13,15 @@ SWEEP_SIZE = {"sknet_small": 28}
 
 def transfer(src_state, spec, ms_net):
     """The minimal cross-backend copy: canonical arrays from PyTorch into a MindSpore cell."""
-    import backends.mindspore as bm
+    import sknet.backends.mindspore as bm
 
     bm.load_canonical(ms_net, src_state)
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_every_model_builds_on_both_backends(name, torch, pynative):
-    import backends.mindspore as bm
-    import backends.torch as bt
+    import sknet.backends.mindspore as bm
+    import sknet.backends.torch as bt
 
     ms = pynative
     spec = get_spec(name)
@@ -41,8 +41,8 @@ def test_every_model_builds_on_both_backends(name, torch, pynative):
 
 
 def test_initialisation_is_he_fan_out_and_identical_on_both(torch, pynative):
-    import backends.mindspore as bm
-    import backends.torch as bt
+    import sknet.backends.mindspore as bm
+    import sknet.backends.torch as bt
 
     spec = get_spec("skresnet18")
     state = init_state(spec, seed=3)
@@ -69,8 +69,8 @@ def test_residual_gamma_scales_only_each_blocks_last_bn(name, last):
 
 
 def test_bn_momentum_means_the_same(torch, pynative):
-    import backends.mindspore as bm
-    import backends.torch as bt
+    import sknet.backends.mindspore as bm
+    import sknet.backends.torch as bt
 
     spec = get_spec("sknet_small")
     # MindSpore's constructor takes the weight of the old statistic (0.9) and keeps
@@ -80,8 +80,8 @@ def test_bn_momentum_means_the_same(torch, pynative):
 
 
 def logits_both(name, mode_ms, torch, batch=2, size=None):
-    import backends.mindspore as bm
-    import backends.torch as bt
+    import sknet.backends.mindspore as bm
+    import sknet.backends.torch as bt
 
     spec = get_spec(name)
     model = bt.build(spec, seed=1).eval()
@@ -112,7 +112,7 @@ def test_same_padded_pool_matches_mindspore(torch, pynative):
     # mindcv's stem pool pads bottom/right only; symmetric padding gives other logits.
     ref, out = logits_both("mindcv_skresnet18", pynative, torch, size=64)
     assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
-    import backends.torch as bt
+    import sknet.backends.torch as bt
     spec = get_spec("mindcv_skresnet18")
     sym = bt.build(spec.replace(stem={"channels": 64, "kernel_size": 7, "stride": 2,
                                       "pool": {"kernel_size": 3, "stride": 2, "padding": "symmetric"}}), seed=1)

@@ -68,8 +68,8 @@ def _trained_stats(model, spec, torch):
 
 @pytest.mark.parametrize("name", ["skresnet18", "skresnext50_32x4d", "mindcv_skresnet18"])
 def test_torch_fast_inference_matches_plain_math(name, torch):
-    import backends.torch as bt
-    from backends.torch.layers import plain_math
+    import sknet.backends.torch as bt
+    from sknet.backends.torch.layers import plain_math
 
     spec = small(name)
     model = _trained_stats(bt.build(spec, seed=1), spec, torch)
@@ -91,9 +91,9 @@ def test_torch_fast_inference_matches_plain_math(name, torch):
 
 
 def test_torch_training_math_is_unchanged(torch):
-    import backends.torch as bt
-    from backends.torch import probe
-    from backends.torch.layers import plain_math
+    import sknet.backends.torch as bt
+    from sknet.backends.torch import probe
+    from sknet.backends.torch.layers import plain_math
 
     spec = get_spec("sknet_small")
     x = images(spec, 8, size=28)
@@ -130,7 +130,7 @@ def test_torch_training_math_is_unchanged(torch):
 @pytest.mark.parametrize("size", [14, 15])
 @pytest.mark.parametrize("groups", [1, 4])
 def test_torch_strided_dilated_conv_runs_on_the_subsampled_grid(size, groups, torch):
-    from backends.torch.layers import Conv2d, plain_math
+    from sknet.backends.torch.layers import Conv2d, plain_math
 
     # Only convs whose taps all land on multiples of the stride take the subsampled path.
     assert Conv2d(8, 8, 3, stride=2, padding=2, dilation=2).subsample
@@ -158,8 +158,8 @@ def test_torch_strided_dilated_conv_runs_on_the_subsampled_grid(size, groups, to
 
 
 def test_torch_record_gives_softmax_weights(torch):
-    import backends.torch as bt
-    from backends.torch.layers import plain_math
+    import sknet.backends.torch as bt
+    from sknet.backends.torch.layers import plain_math
 
     spec = get_spec("sknet_small")
     model = bt.build(spec, seed=3).eval()
@@ -178,8 +178,8 @@ def test_torch_record_gives_softmax_weights(torch):
 
 
 def test_mindspore_gemm_convs_match_native(pynative, monkeypatch):
-    import backends.mindspore as bm
-    from backends.mindspore.layers import plain_math
+    import sknet.backends.mindspore as bm
+    from sknet.backends.mindspore.layers import plain_math
 
     ms = pynative
     # Other test modules hold oneDNN to AVX2, where the native conv is chosen instead.
@@ -202,7 +202,7 @@ def test_mindspore_gemm_convs_match_native(pynative, monkeypatch):
 def test_mindspore_conv_gemm_gradients(kernel, stride, dilation, size, pynative):
     from mindspore import nn
 
-    from backends.mindspore.layers import conv_gemm
+    from sknet.backends.mindspore.layers import conv_gemm
 
     ms = pynative
     rng = np.random.default_rng(5)
@@ -224,7 +224,7 @@ def test_mindspore_conv_gemm_gradients(kernel, stride, dilation, size, pynative)
 def test_mindspore_training_pool_matches_maxpool2d(padding, mode, ms):
     from mindspore import nn
 
-    from backends.mindspore.layers import MaxPool
+    from sknet.backends.mindspore.layers import MaxPool
     from sknet.spec import PoolSpec
 
     ms.set_device("CPU")

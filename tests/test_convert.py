@@ -93,9 +93,9 @@ def test_layouts_generate_the_libraries_own_key_lists(model, scheme, filename):
 
 
 def test_schemes_are_the_backends_own_names(torch, pynative):
-    import backends.mindspore as bm
-    import backends.torch as bt
-    from backends.mindspore.names import name_map
+    import sknet.backends.mindspore as bm
+    import sknet.backends.torch as bt
+    from sknet.backends.mindspore.names import name_map
 
     spec = get_spec("skresnet18")
     assert [e.name for e in entries(spec, "torch")] == list(bt.build(spec).state_dict())
@@ -180,7 +180,7 @@ def test_round_trip_bit_exact_through_mindspore_every_layout(name, tmp_path, tor
 
 
 def test_a_cell_saved_by_mindspore_itself_converts(tmp_path, torch, pynative):
-    import backends.mindspore as bm
+    import sknet.backends.mindspore as bm
 
     ms = pynative
     spec = get_spec("sknet_small")
@@ -208,7 +208,7 @@ def trained_like_state(spec, seed):
 
 
 def test_timm_layout_file_gives_the_torch_models_outputs_on_both_backends(tmp_path, torch, pynative):
-    import backends.torch as bt
+    import sknet.backends.torch as bt
     import sknet
 
     ms = pynative
@@ -234,7 +234,7 @@ def test_timm_layout_file_gives_the_torch_models_outputs_on_both_backends(tmp_pa
 
 
 def test_mindcv_layout_file_gives_the_same_outputs_on_both_backends(tmp_path, torch, pynative):
-    import backends.mindspore as bm
+    import sknet.backends.mindspore as bm
     import sknet
 
     ms = pynative
@@ -288,7 +288,7 @@ def test_files_made_by_timm_itself_give_timms_logits_on_both_backends(name, tmp_
 def _torch_training_checkpoint(spec, path, torch, steps=2, recipe=None, named=False):
     """A few SGD steps saved as the trainers do; with ``recipe``, grouped as they group
     (``named``: built from named parameters, so torch records param_names)."""
-    import backends.torch as bt
+    import sknet.backends.torch as bt
     from sknet.convert import recipe_groups
 
     torch.manual_seed(0)
@@ -313,7 +313,7 @@ def _torch_training_checkpoint(spec, path, torch, steps=2, recipe=None, named=Fa
 @pytest.mark.parametrize("named", [False, True], ids=["ids", "param_names"])
 def test_grouped_optimizer_state_round_trips_and_resumes_identically(named, tmp_path, torch, ms):
     """torch -> MindSpore -> torch with the recipe's decay/no-decay groups, then one more step."""
-    import backends.torch as bt
+    import sknet.backends.torch as bt
 
     spec, recipe = get_spec("sknet_small"), "fashion_mnist_small"
     src = tmp_path / "train.pth"
@@ -350,7 +350,7 @@ def test_grouped_optimizer_state_round_trips_and_resumes_identically(named, tmp_
 
 def test_momentum_lands_in_mindspores_own_optimizer(tmp_path, torch, pynative):
     """The converted accumulators load by name into nn.Momentum over our MindSpore cell."""
-    import backends.mindspore as bm
+    import sknet.backends.mindspore as bm
 
     ms = pynative
     spec = get_spec("sknet_small")
@@ -511,7 +511,7 @@ def test_destination_folder_must_exist(small_file, tmp_path, capsys):
 
 
 def test_an_adam_state_is_not_taken_for_sgd(tmp_path, torch):
-    import backends.torch as bt
+    import sknet.backends.torch as bt
 
     spec = get_spec("sknet_small")
     model = bt.build(spec)

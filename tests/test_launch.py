@@ -44,7 +44,7 @@ def test_torchrun_two_workers_hold_identical_weights(tmp_path):
     # The ranks did train on different shards: the weights moved away from the initial ones.
     import torch
 
-    from backends.torch import build, to_canonical
+    from sknet.backends.torch import build, to_canonical
     from sknet import get_spec
 
     last = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
@@ -106,7 +106,7 @@ def test_dead_worker_fails_the_job_and_keeps_the_last_checkpoint(tmp_path):
     ckpt = torch.load(out / "last.pth", weights_only=True)
     assert (ckpt["step"], ckpt["epoch"]) == (2, 0)
     assert not list(out.glob(".last.pth.*"))        # no half-written temporary left behind
-    from backends.torch import build
+    from sknet.backends.torch import build
     from sknet import get_spec
 
     build(get_spec("sknet_small")).load_state_dict(ckpt["model"])   # complete: loads strictly

@@ -18,8 +18,8 @@ from sknet.tree import Conv, Norm, count_macs, count_params, param_layers
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-import backends.onnx as bo  # noqa: E402
-from backends.onnx.exporters import export, verify  # noqa: E402
+import sknet.backends.onnx as bo  # noqa: E402
+from sknet.backends.onnx.exporters import export, verify  # noqa: E402
 
 MODELS = ["skresnet18", "skresnext50_32x4d"]
 SIZE = 64
@@ -56,7 +56,7 @@ def case(request):
     """A model's weights, a fixed batch, and the logits PyTorch and MindSpore (PYNATIVE) give for it."""
     pytest.importorskip("torch")
     ms = pytest.importorskip("mindspore")
-    from backends.onnx.exporters import reference_logits
+    from sknet.backends.onnx.exporters import reference_logits
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_device("CPU")
@@ -177,7 +177,7 @@ def test_opsets_13_to_latest_compute_the_same(torch):
 
 def test_same_padded_pool_matches_torch(torch):
     # mindcv's stem pool pads bottom/right only (SAME_UPPER); symmetric padding differs by > 1e-3.
-    from backends.onnx.exporters import reference_logits
+    from sknet.backends.onnx.exporters import reference_logits
 
     spec = get_spec("mindcv_skresnet18")
     tensors = trained_like(spec)
@@ -188,7 +188,7 @@ def test_same_padded_pool_matches_torch(torch):
 
 def test_comparison_catches_a_swapped_branch(torch):
     # A graph that wires the SK branches the wrong way round must fail the comparison.
-    from backends.onnx.exporters import reference_logits
+    from sknet.backends.onnx.exporters import reference_logits
 
     spec = get_spec("skresnet18")
     tensors = trained_like(spec)
@@ -222,7 +222,7 @@ def test_backend_entry_points(torch):
 
 def test_cli_export_from_checkpoint(tmp_path, torch, capsys):
     from sknet.cli import main
-    import backends.torch as bt
+    import sknet.backends.torch as bt
 
     spec = get_spec("sknet_small")
     tensors = trained_like(spec, seed=5)
@@ -279,7 +279,7 @@ def test_info_reports_the_graphs_own_counts(capsys):
 def test_user_spec_with_other_branch_counts(branches, torch):
     # The graph is generated from the spec, not written for M = 2: one and three branches
     # (a 5x5 among them) give PyTorch's logits too, BN kept and folded.
-    from backends.onnx.exporters import reference_logits
+    from sknet.backends.onnx.exporters import reference_logits
 
     spec = get_spec("sknet_small").replace(sk={
         "branches": [{"kernel_size": k, "dilation": d} for k, d in branches], "split_input": False,

@@ -90,7 +90,7 @@ def test_pinned_gradients_agree_across_two_pytorch_conv_implementations(torch):
     must make two float32 backward passes agree to the grad tolerance; the unpinned pair is
     only reported (one rounding flip of a ReLU input moves a gradient by ~1/sqrt(N)).
     """
-    from backends.torch import probe
+    from sknet.backends.torch import probe
 
     spec = get_spec("skresnet18")
     setup = make_setup(spec, batch=BATCH, size=SIZE)

@@ -239,7 +239,7 @@ def test_shard_smaller_than_a_batch_is_a_clear_error():
 
 @pytest.mark.parametrize("all_tensors", [False, True])
 def test_weight_decay_targets_match_torch_module_types(torch, all_tensors):
-    from backends.torch import build
+    from sknet.backends.torch import build
 
     spec = get_spec("sknet_small")
     recipe = load_recipe("fashion_mnist_small", {"optimizer.decay_norm_and_bias": all_tensors})

@@ -105,7 +105,7 @@ def test_user_spec_file_builds(tmp_path, torch):
 
 
 def test_import_sknet_imports_no_framework():
-    code = ("import sys, sknet, sknet.cli, sknet.tree, sknet.params, backends; "
+    code = ("import sys, sknet, sknet.cli, sknet.tree, sknet.params, sknet.backends; "
             "sknet.get_spec('skresnet18'); "
             "bad = [m for m in ('torch', 'mindspore', 'onnx', 'onnxruntime') if m in sys.modules]; "
             "assert not bad, bad")
@@ -124,7 +124,7 @@ def test_missing_framework_names_the_extra(monkeypatch):
             raise ImportError(f"No module named '{name}'", name=name)
         return real(name, *a, **k)
 
-    for mod in [m for m in sys.modules if m == "backends.mindspore" or m.startswith("backends.mindspore.")]:
+    for mod in [m for m in sys.modules if m == "sknet.backends.mindspore" or m.startswith("sknet.backends.mindspore.")]:
         monkeypatch.delitem(sys.modules, mod)
     monkeypatch.setattr(builtins, "__import__", no_mindspore)
     with pytest.raises(sknet.BackendMissing, match=r"pip install 'sknet\[mindspore\]'"):

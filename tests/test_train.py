@@ -112,12 +112,12 @@ def _run_in_process(backend, recipe, out, steps_record):
 def snapshot(backend, model, optimizer):
     """(fc.bias, its momentum buffer, the lr the optimizer holds or None, canonical weights)."""
     if backend == "torch":
-        from backends.torch import to_canonical
+        from sknet.backends.torch import to_canonical
 
         p = dict(model.named_parameters())["fc.bias"]
         buf = optimizer.state[p]["momentum_buffer"].numpy().copy()
         return p.detach().numpy().copy(), buf, optimizer.param_groups[0]["lr"], to_canonical(model)
-    from backends.mindspore import to_canonical
+    from sknet.backends.mindspore import to_canonical
 
     names = [q.name for q in optimizer.parameters]
     i = names.index("fc.bias")

@@ -1,4 +1,4 @@
-"""Reusable MindSpore cells of an SKNet, mirroring ``backends.torch.layers`` name for name.
+"""Reusable MindSpore cells of an SKNet, mirroring ``sknet.backends.torch.layers`` name for name.
 
 Convs pad explicitly and symmetrically (``pad_mode="pad"``) so they compute what
 PyTorch's do; only a spec asking for "same" pooling gets MindSpore's "same".

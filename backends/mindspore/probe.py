@@ -1,4 +1,4 @@
-"""What the parity checks run on the MindSpore side, mirroring ``backends.torch.probe``.
+"""What the parity checks run on the MindSpore side, mirroring ``sknet.backends.torch.probe``.
 
 Everything here runs in whichever mode (PYNATIVE or GRAPH) the caller set with
 ``mindspore.set_context``, except ``capture``, whose forward hooks exist only in PYNATIVE.
@@ -79,7 +79,7 @@ class _Replay(nn.Cell):
 
 
 class _PinnedReLU(_Replay):
-    """``backends.torch.probe._PinnedReLU``: ``x`` where the reference's input was > 0, else 0."""
+    """``sknet.backends.torch.probe._PinnedReLU``: ``x`` where the reference's input was > 0, else 0."""
 
     def __init__(self, calls):
         super().__init__(calls, np.float32)
@@ -103,7 +103,7 @@ class _PinnedPool(_Replay):
 
 
 def pin(net, choices):
-    """Make ``net`` replay ``choices`` (``backends.torch.probe.record_choices``) call by call."""
+    """Make ``net`` replay ``choices`` (``sknet.backends.torch.probe.record_choices``) call by call."""
     if ms.get_context("mode") != ms.PYNATIVE_MODE and any(len(v) > 1 for v in choices.values()):
         raise RuntimeError("replaying the choices of several passes needs MindSpore's PYNATIVE mode")
     parents = {name: cell for name, cell in net.cells_and_names() if not name.startswith("stages")}

@@ -60,7 +60,7 @@ def from_torch(spec, tensors, opset, fuse_bn, dynamic_batch, batch, size):
     # folding; without --fuse-bn it is turned off so the BN nodes stay.
     # Module by module too: the CPU fast paths (NHWC stages, the subsampled strided dilated
     # convs, the sigmoid-lerp selection) would put shape-dependent layout ops in the graph.
-    from backends.torch.layers import plain_math
+    from sknet.backends.torch.layers import plain_math
 
     with warnings.catch_warnings(), plain_math():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -79,7 +79,7 @@ def from_mindspore(spec, tensors, opset, fuse_bn, dynamic_batch, batch, size):
     if dynamic_batch:
         raise SKNetError("MindSpore's ONNX exporter takes no dynamic shapes ('Export ONNX format model not "
                          "support dynamic shape mode'): export a fixed --batch, or use --via spec or torch")
-    from backends.mindspore.layers import plain_math
+    from sknet.backends.mindspore.layers import plain_math
 
     # Module by module: the CPU im2col convs pad with PadV3, which the exporter cannot write,
     # and they are on or off by ONEDNN_MAX_CPU_ISA, so the graph would depend on the environment.

@@ -1,4 +1,4 @@
-"""Reusable ONNX pieces of an SKNet, mirroring ``backends.torch.layers`` path for path.
+"""Reusable ONNX pieces of an SKNet, mirroring ``sknet.backends.torch.layers`` path for path.
 
 Each function appends nodes to a ``GraphBuilder`` and returns the name of the tensor
 it produced. Only operators with the same meaning from opset 13 on are used, and none

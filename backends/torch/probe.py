@@ -1,4 +1,4 @@
-"""What the parity checks run on the PyTorch side; ``backends.mindspore.probe`` mirrors it.
+"""What the parity checks run on the PyTorch side; ``sknet.backends.mindspore.probe`` mirrors it.
 
 Every function takes and returns NumPy arrays and canonical names, so that
 ``sknet.parity`` compares the two frameworks without importing either.

@@ -47,7 +47,7 @@ def capture_fn(backend):
     from .. import backend_module
 
     backend_module(backend)  # a missing framework is reported as BackendMissing
-    return importlib.import_module(f"backends.{backend}.attention").capture
+    return importlib.import_module(f"sknet.backends.{backend}.attention").capture
 
 
 def run(args):

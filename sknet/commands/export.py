@@ -60,8 +60,8 @@ def write_atomic(path, data):
 def run(args):
     import onnx
 
-    from backends.onnx.analysis import graph_stats
-    from backends.onnx.exporters import export, references_for, verify
+    from sknet.backends.onnx.analysis import graph_stats
+    from sknet.backends.onnx.exporters import export, references_for, verify
 
     from ..params import init_state
     from ..registry import get_spec

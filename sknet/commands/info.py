@@ -28,7 +28,7 @@ def backend_params(backend, spec):
 def onnx_graph(spec, size=None):
     """Nodes, operators and MACs that the spec-built ONNX graph itself holds (counted from its
     Conv/Gemm nodes and ONNX's shape inference, independently of sknet.tree), BN kept and folded."""
-    from backends.onnx import build_model, graph_stats
+    from sknet.backends.onnx import build_model, graph_stats
 
     from ..params import init_state
 

@@ -46,7 +46,7 @@ def predictor(backend, spec, tensors, device):
     if backend == "mindspore":
         import mindspore as ms
 
-        from backends.mindspore.train import build_net
+        from sknet.backends.mindspore.train import build_net
 
         ms.set_context(mode=ms.PYNATIVE_MODE)
         target = backend_device(device, "mindspore") or "CPU"

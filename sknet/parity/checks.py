@@ -73,15 +73,15 @@ def inputs(spec, batch, size, seed, index=0):
 
 
 def sides():
-    """(backends.torch.probe, backends.mindspore.probe), each framework imported now."""
+    """(sknet.backends.torch.probe, sknet.backends.mindspore.probe), each framework imported now."""
     import importlib
 
     from .. import backend_module
 
     backend_module("torch")
     backend_module("mindspore")
-    return (importlib.import_module("backends.torch.probe"),
-            importlib.import_module("backends.mindspore.probe"))
+    return (importlib.import_module("sknet.backends.torch.probe"),
+            importlib.import_module("sknet.backends.mindspore.probe"))
 
 
 def set_mode(mode):
@@ -240,11 +240,11 @@ def check_fp16(setup, tp, mp):
 def check_onnx(setup, tp, mp):
     tol = TOLERANCES["onnx"]
     try:
-        import backends.onnx as bo
+        import sknet.backends.onnx as bo
     except ImportError as err:
-        return [skipped("onnx", tol, f"backends.onnx cannot be imported ({err})")]
+        return [skipped("onnx", tol, f"sknet.backends.onnx cannot be imported ({err})")]
     if not (hasattr(bo, "build_model") and hasattr(bo, "run")):
-        return [skipped("onnx", tol, "backends.onnx has no build_model/run yet")]
+        return [skipped("onnx", tol, "sknet.backends.onnx has no build_model/run yet")]
     x, _ = inputs(setup.spec, setup.batch, setup.size, setup.seed)
     ref, _ = tp.forward(tp.build(setup.spec, setup.state), x)
     out = bo.run(bo.build_model(setup.spec, setup.state), x)
