@@ -12,13 +12,13 @@ package is imported when a file of its format is first touched.
 """
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import CheckpointError, describe_mismatch
 from .layouts import TRACKED, detect_scheme, names
 from .params import tensor_specs
@@ -417,28 +417,6 @@ def _contiguous(value):
     # np.ascontiguousarray would turn a 0-d num_batches_tracked into shape (1,).
     value = np.asarray(value)
     return value if value.flags.c_contiguous else value.copy(order="C")
-
-
-def atomic_write(path, write):
-    """Call ``write(tmp_path)`` on a temporary file in ``path``'s folder, then rename it to ``path``."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise CheckpointError(f"{path}: folder '{folder}' does not exist")
-    # Same suffix: MindSpore appends '.ckpt' to any name that lacks it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp makes the file private; give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def write(path, tensors, momentum=None, scalars=None):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_write
+from .atomic import atomic_write
 from .errors import SKNetError
 
 CKPT_SUFFIX = {"torch": ".pth", "mindspore": ".ckpt"}

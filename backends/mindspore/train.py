@@ -17,7 +17,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from sknet.checkpoint import atomic_write
+from sknet.atomic import atomic_write
 from sknet.data import epoch_batches
 from sknet.params import tensor_specs
 from sknet.recipe import backend_device
