@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sknet.tree import pool_pads
+from sknet.plan import pool_pads
 
 # Inference fast paths on/off (parity tests and the benchmark compare both ways).
 FAST = True

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sknet.parity.pinning import pool_winners
-from sknet.tree import pool_out, pool_pads
+from sknet.plan import pool_out, pool_pads
 
 from . import layers
 from .model import SKNet
