@@ -43,10 +43,11 @@ class SKNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def build(spec, seed=0, fast=False):
+def build(spec, seed=0, fast=None):
     """A ``torch.nn.Module`` for ``spec``, initialised from ``sknet.params.init_state(spec, seed)``.
 
-    ``fast`` applies ``fast.accelerate`` (same function, faster on the CPU; not scriptable).
+    ``fast=True`` applies ``fast.accelerate`` (same function, faster on the CPU; it no longer
+    scripts or traces); None and False give the reference modules.
     """
     model = SKNet(spec)
     load_canonical(model, init_state(spec, seed))
