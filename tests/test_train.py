@@ -16,7 +16,7 @@ os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 from sknet.recipe import load_recipe  # noqa: E402
 from sknet.registry import RECIPE_DIR  # noqa: E402
 from sknet.schedule import learning_rates  # noqa: E402
-from sknet.trainer_common import FAULT_ENV, Options  # noqa: E402
+from sknet.training import FAULT_ENV, Options  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FASHION = Path(os.environ.get("SKNET_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
@@ -208,6 +208,7 @@ def test_run_folder_contents(tmp_path, whole):
     assert (out / "best.pth").is_file()
     bad = subprocess.run(train_cmd(recipe, "torch", tmp_path / "x", "--resume", str(tmp_path / "nope.pth")),
                          env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1
+    # Bad input, found before training starts: exit 2 by the one rule of sknet.exits (was 1).
+    assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].endswith("nope.pth: no such file")
     assert not list(tmp_path.glob("x/*.pth"))
