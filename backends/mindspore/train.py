@@ -66,11 +66,11 @@ class World:
         out = self._sum(ms.Tensor(np.asarray(values, np.float32))).asnumpy()
         return [float(v) for v in out]
 
-    def average_buffers(self, net):
+    def average_buffers(self, model):
         """BN moving statistics averaged over workers (data parallel leaves each worker its own)."""
         if not self.distributed:
             return
-        for p in net.get_parameters():
+        for p in model.get_parameters():
             if not p.requires_grad:
                 # In place: set_data would swap the buffer under the compiled train step,
                 # whose later BN updates would then be lost.
