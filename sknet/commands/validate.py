@@ -65,7 +65,7 @@ def validate(recipe_name, checkpoint, backend="torch", device=None, subset=None,
     from ..checkpoint import read_canonical
     from ..data import build_dataset
     from ..recipe import load_recipe
-    from ..trainer_common import eval_batches, softmax_xent_sum, topk_correct
+    from ..training.evaluation import eval_batches, softmax_xent_sum, topk_correct
 
     import numpy as np
 
