@@ -92,7 +92,9 @@ class Adapter:
         world = self.world
         torch.manual_seed(recipe.seed)
         self.recipe = recipe
-        self.model = build(spec, seed=recipe.seed).to(world.device)
+        # Trained with fast.accelerate's paths: the same function (tests/test_torch_fast.py),
+        # a faster step (docs/performance.md); checkpoints and names do not change.
+        self.model = build(spec, seed=recipe.seed, fast=True).to(world.device)
         self.optimizer = make_optimizer(self.model, spec, recipe)
         self.amp = recipe.amp.enabled and world.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if recipe.amp.dtype == "bf16" else torch.float16
