@@ -1,7 +1,7 @@
 """Top-1/top-5 of a checkpoint on a recipe's validation split, on either backend.
 
 The checkpoint may come from either backend (or timm/mindcv): it is read through
-``sknet.checkpoint.read_canonical`` and loaded into a model built for ``--backend``,
+``sknet.convert.read_canonical`` and loaded into a model built for ``--backend``,
 so a PyTorch checkpoint validates on MindSpore and the reverse without a separate
 conversion step.
 """
@@ -62,7 +62,7 @@ def predictor(backend, spec, tensors, device):
 
 def validate(recipe_name, checkpoint, backend="torch", device=None, subset=None, batch_size=None):
     """{'top1', 'top5', 'loss', 'n', ...} of ``checkpoint`` on the recipe's validation split."""
-    from ..checkpoint import read_canonical
+    from ..convert import read_canonical
     from ..data import build_dataset
     from ..recipe import load_recipe
     from ..trainer_common import eval_batches, softmax_xent_sum, topk_correct
