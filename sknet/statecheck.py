@@ -69,7 +69,8 @@ def check_values(tensors, source, integer=(), allow_nonfinite=False, what="tenso
         return
     shown = ", ".join(f"{n} ({k} of {np.size(tensors[n])})" for n, k in bad[:3])
     more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
-    message = f"{source}: {len(bad)} {what}s hold NaN or Inf: {shown}{more}"
+    many = len(bad) > 1
+    message = f"{source}: {len(bad)} {what}{'s' if many else ''} hold{'' if many else 's'} NaN or Inf: {shown}{more}"
     if not allow_nonfinite:
         raise CheckpointError(f"{message}; pass --allow-nonfinite to take them as they are")
     warn(f"{message}; taken as they are (--allow-nonfinite)")

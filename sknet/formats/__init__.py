@@ -60,7 +60,7 @@ def read(path):
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such file")
+        raise CheckpointError(f"{path}: " + ("not a regular file" if os.path.exists(path) else "no such file"))
     if module.NAME in READ_NEEDS:
         _need(module, "reading")
     try:

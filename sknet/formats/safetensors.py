@@ -28,11 +28,18 @@ def _bfloat16(path, f, keys):
     return out
 
 
+def _open(safe_open, path):
+    try:  # pread: each tensor read once into its array, no mapped file pages counted beside it
+        return safe_open(path, framework="np", backend="pread")
+    except TypeError:  # safetensors < 0.8 only maps the file
+        return safe_open(path, framework="np")
+
+
 def read(path):
     from safetensors import SafetensorError, safe_open
 
     try:
-        with safe_open(path, framework="np") as st:
+        with _open(safe_open, path) as st:
             meta = st.metadata() or {}
             keys = list(st.keys())
             kinds = {k: st.get_slice(k).get_dtype() for k in keys}
