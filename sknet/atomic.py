@@ -52,8 +52,8 @@ def atomic_write(path, write):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 raise CheckpointError(f"{path}: another process is writing it ({tmp.name} is locked)") from None
-        os.ftruncate(fd, 0)  # what a killed write left
         try:
+            os.ftruncate(fd, 0)  # what a killed write left
             write(str(tmp))
             umask = os.umask(0)
             os.umask(umask)

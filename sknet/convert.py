@@ -239,15 +239,18 @@ def _check_sgd_state(path, opt):
     """One line, before any use, for an optimizer state that is not torch.optim's shape."""
     import torch
 
+    def is_list_of(value, kind):
+        return isinstance(value, list) and all(isinstance(v, kind) for v in value)
+
     groups = opt.get("param_groups") if isinstance(opt, dict) else None
     state = opt.get("state") if isinstance(opt, dict) else None
-    fine = isinstance(groups, list) and isinstance(state, dict) and all(
-        isinstance(g, dict) and isinstance(g.get("params"), list)
-        and all(isinstance(i, int) for i in g["params"])
-        and isinstance(g.get("param_names", []), list) and all(isinstance(n, str) for n in g.get("param_names", []))
-        for g in groups) and all(
-        isinstance(st, dict) and all(isinstance(k, str) for k in st)
-        and isinstance(st.get("momentum_buffer", torch.zeros(0)), torch.Tensor) for st in state.values())
+    fine = isinstance(groups, list) and isinstance(state, dict)
+    for g in groups if fine else ():
+        fine = fine and isinstance(g, dict) and is_list_of(g.get("params"), int) \
+            and is_list_of(g.get("param_names", []), str)
+    for entry in state.values() if fine else ():
+        fine = fine and isinstance(entry, dict) and all(isinstance(k, str) for k in entry) \
+            and isinstance(entry.get("momentum_buffer", torch.zeros(0)), torch.Tensor)
     if not fine:
         raise CheckpointError(f"{path}: 'optimizer' is not a torch.optim state_dict")
 

@@ -3,6 +3,8 @@
 Parsed by hand so that reading a .ckpt needs no MindSpore (converting a MindSpore run for
 PyTorch users must not require installing MindSpore); writing uses MindSpore itself.
 """
+import contextlib
+import logging
 import os
 
 import numpy as np
@@ -228,7 +230,26 @@ def write(tmp, tensors, momentum, scalars):
     try:
         if os.path.exists(own):
             os.remove(own)
-        ms.save_checkpoint(params, tmp, append_dict=append)
+        with _quiet():
+            ms.save_checkpoint(params, tmp, append_dict=append)
     finally:
         if os.path.exists(own):
             os.remove(own)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """MindSpore logs a failed save on stderr itself; the caller's one-line error says it instead."""
+    try:
+        from mindspore.log import _get_logger
+
+        log = _get_logger()
+    except (ImportError, AttributeError):  # a private API: without it, MindSpore's line stays
+        yield
+        return
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
