@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal, Optional, Tuple
 
 from .errors import SpecError
+from .plan import build_plan
 from .typed import build, load_yaml, to_dict
 
 
@@ -59,10 +60,6 @@ class SKSpec:
     @property
     def num_branches(self):
         return len(self.branches)
-
-    def attn_width(self, channels):
-        floor = self.min_width if self.min_width is not None else self.rd_divisor
-        return make_divisible(channels * self.rd_ratio, self.rd_divisor, floor)
 
 
 @dataclass(frozen=True)
@@ -115,20 +112,6 @@ class ModelSpec:
     head: HeadSpec = field(default_factory=HeadSpec)
     source: str = field(default="", compare=False, repr=False)
 
-    @property
-    def expansion(self):
-        return 4 if self.block.type == "bottleneck" else 1
-
-    def block_width(self, planes):
-        """Width of the SK unit inside a block of ``planes`` (ResNeXt's groups x base width)."""
-        if self.block.type == "basic":
-            return planes
-        return int(planes * (self.stages.base_width / 64.0)) * self.stages.groups
-
-    @property
-    def num_features(self):
-        return self.stages.channels[-1] * self.expansion
-
     def replace(self, **overrides):
         """A copy with top-level fields, or ``in_chans``/``size``, replaced; validated again."""
         data = to_dict(self)
@@ -151,12 +134,14 @@ class ModelSpec:
         return from_dict(data, self.source)
 
 
-def make_divisible(value, divisor, min_value):
-    """Nearest multiple of ``divisor``, at least ``min_value``, never more than 10 % below ``value``."""
-    new = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if new < 0.9 * value:
-        new += divisor
-    return new
+# Bounds on what a spec may ask for, checked before anything is sized from it: far above
+# every published SKNet (ImageNet-21k's 21,841 classes, 2048 widths, depth 36 in a stage),
+# far below what would exhaust memory or time while building the plan.
+LIMITS = {"num_classes": 100_000, "input.in_chans": 64, "input.size": 4096, "stem.channels": 4096,
+          "stem.kernel_size": 15, "stem.stride": 8, "stem.pool.kernel_size": 15, "stem.pool.stride": 8,
+          "stages.depths": 256, "stages.count": 16, "stages.channels": 8192, "stages.groups": 1024,
+          "stages.base_width": 1024, "sk.branches": 8, "sk.branches.kernel_size": 15,
+          "sk.branches.dilation": 16, "sk.rd_divisor": 1024, "sk.min_width": 8192}
 
 
 def _check(spec):
@@ -165,6 +150,10 @@ def _check(spec):
     def need(ok, key, message):
         if not ok:
             raise SpecError(src, key, message)
+
+    def within(key, value, limit_key=None):
+        limit = LIMITS[limit_key or key]
+        need(value <= limit, key, f"must be at most {limit}, got {value}")
 
     need(spec.num_classes >= 1, "num_classes", f"must be >= 1, got {spec.num_classes}")
     need(spec.input.in_chans >= 1, "input.in_chans", f"must be >= 1, got {spec.input.in_chans}")
@@ -212,19 +201,32 @@ def _check(spec):
     need(0 <= spec.norm.momentum <= 1, "norm.momentum", f"must be in [0, 1], got {spec.norm.momentum}")
     need(spec.norm.eps > 0, "norm.eps", f"must be positive, got {spec.norm.eps}")
     need(0 <= spec.head.dropout < 1, "head.dropout", f"must be in [0, 1), got {spec.head.dropout}")
-    inplanes = stem.channels
-    for i, planes in enumerate(st.channels):
-        width = spec.block_width(planes)
-        need(width >= 1, f"stages.channels[{i}]", "gives a block width of 0")
-        sk_in = inplanes if spec.block.type == "basic" else width
-        groups = min(width, st.groups)
-        per_branch_in = sk_in // m if sk.split_input else sk_in
-        if sk.split_input:
-            need(sk_in % m == 0, f"stages.channels[{i}]",
-                 f"SK input of {sk_in} channels cannot be split across {m} branches")
-        need(per_branch_in % groups == 0 and width % groups == 0, "stages.groups",
-             f"stage {i}: {per_branch_in} -> {width} channels are not divisible by {groups} groups")
-        inplanes = planes * spec.expansion
+    # Upper bounds before the plan sizes anything from them.
+    within("num_classes", spec.num_classes)
+    within("input.in_chans", spec.input.in_chans)
+    within("input.size", spec.input.size)
+    within("stem.channels", spec.stem.channels)
+    within("stem.kernel_size", spec.stem.kernel_size)
+    within("stem.stride", spec.stem.stride)
+    if spec.stem.pool is not None:
+        within("stem.pool.kernel_size", spec.stem.pool.kernel_size)
+        within("stem.pool.stride", spec.stem.pool.stride)
+    within("stages.depths", len(spec.stages.depths), "stages.count")
+    for i, d in enumerate(spec.stages.depths):
+        within(f"stages.depths[{i}]", d, "stages.depths")
+    for i, c in enumerate(spec.stages.channels):
+        within(f"stages.channels[{i}]", c, "stages.channels")
+    within("stages.groups", spec.stages.groups)
+    within("stages.base_width", spec.stages.base_width)
+    within("sk.branches", len(spec.sk.branches))
+    for i, b in enumerate(spec.sk.branches):
+        within(f"sk.branches[{i}].kernel_size", b.kernel_size, "sk.branches.kernel_size")
+        within(f"sk.branches[{i}].dilation", b.dilation, "sk.branches.dilation")
+    within("sk.rd_divisor", spec.sk.rd_divisor)
+    if spec.sk.min_width is not None:
+        within("sk.min_width", spec.sk.min_width)
+    # Channel arithmetic (widths, groups, the split input) is checked where it is done.
+    build_plan(spec)
 
 
 def from_dict(data, source=""):

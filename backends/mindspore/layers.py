@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import mindspore as ms
 from mindspore import nn, ops
 
-from sknet.tree import pool_pads
+from sknet.plan import pool_pads
 
 # Fast paths on/off, read when a cell is built (GRAPH mode freezes what construct sees).
 FAST = True

@@ -10,7 +10,7 @@ from mindspore import nn, ops
 
 import contextlib
 
-from sknet.tree import pool_out, pool_pads
+from sknet.plan import pool_out, pool_pads
 
 from . import layers
 from .model import SKNet

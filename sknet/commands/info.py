@@ -2,7 +2,8 @@
 import json
 
 from ..registry import get_spec
-from ..tree import count_macs, count_params, sk_units, stage_of
+from ..plan import build_plan
+from ..tree import count_macs, count_params
 
 HELP = "parameter count, MACs and structure of a model"
 
@@ -41,15 +42,14 @@ def onnx_graph(spec, size=None):
 
 
 def describe(spec, size=None):
-    units = sk_units(spec, size)
+    plan = build_plan(spec, size)
     stages = []
-    for i, (depth, planes, stride) in enumerate(
-            zip(spec.stages.depths, spec.stages.channels, spec.stages.strides)):
-        name = f"layer{i + 1}"
-        here = [u for u in units if stage_of(u.path) == name]
-        stages.append({"name": name, "depth": depth, "stride": stride, "sk_width": spec.block_width(planes),
-                       "out_channels": planes * spec.expansion, "attn_width": here[0].attn_width,
-                       "out_size": list(here[-1].out_hw)})
+    for stage in plan.stages:
+        first, last = stage.blocks[0], stage.blocks[-1]
+        stages.append({"name": stage.name, "depth": len(stage.blocks), "stride": first.stride,
+                       "sk_width": first.width, "out_channels": last.out_ch, "attn_width": first.sk.attn_width,
+                       "out_size": [last.sk.out_hw] * 2})
+    units = plan.blocks
     return {"model": spec.name, "params": count_params(spec), "macs": count_macs(spec, size),
             "input_size": size or spec.input.size, "in_chans": spec.input.in_chans,
             "num_classes": spec.num_classes, "sk_units": len(units),

@@ -37,7 +37,7 @@ def predictor(backend, spec, tensors, device):
         import torch
 
         dev = torch.device(backend_device(device, "torch") or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = module.build(spec)
+        model = module.build(spec, fast=True)
         module.load_canonical(model, tensors)
         model = model.to(dev).eval()
 
@@ -68,7 +68,7 @@ def validate(recipe_name, checkpoint, backend="torch", device=None, subset=None,
     from ..convert import read_canonical
     from ..data import build_dataset
     from ..recipe import load_recipe
-    from ..trainer_common import eval_batches, softmax_xent_sum, topk_correct
+    from ..training.evaluation import eval_batches, softmax_xent_sum, topk_correct
 
     import numpy as np
 

@@ -11,7 +11,7 @@ This module holds the framework-free part: which input wins each max-pool window
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..tree import pool_pads
+from ..plan import pool_pads
 
 
 def pool_winners(x, pool):
