@@ -88,7 +88,8 @@ def build(cls, data, source="", prefix=""):
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
-        name = short(unknown[0], 40) if not isinstance(unknown[0], str) or len(unknown[0]) > 40 else unknown[0]
+        name = unknown[0] if isinstance(unknown[0], str) else short(unknown[0], 40)
+        name = name if len(name) <= 40 else name[:37] + "..."
         key = f"{prefix}.{name}" if prefix else name
         raise SpecError(source, key, f"unknown key (expected one of: {', '.join(fields)})")
     kwargs = {}

@@ -484,3 +484,15 @@ def test_a_concurrent_write_to_the_same_destination_is_refused(small, tmp_path):
         assert not dst.exists()
     convert(src, dst)
     assert dst.exists() and not temp_path(dst).exists()
+
+
+def test_a_bad_value_is_quoted_by_its_prefix_only(tmp_path):
+    row = "[" + ", ".join(["x" * 50] * 9) + "]"
+    big = tmp_path / "big.yaml"  # num_classes is 729 strings of 50 characters, through aliases
+    big.write_text(f"name: x\naliases: [&a {row}, &b [{', '.join(['*a'] * 9)}], &c [{', '.join(['*b'] * 9)}]]\n"
+                   "num_classes: *c\n")
+    long_key = tmp_path / "key.yaml"
+    long_key.write_text("name: x\n" + "k" * 500 + ": 1\n")
+    for path in (big, long_key):
+        text = one_line_error(lambda: get_spec(str(path)), SpecError, limit=250)
+        assert path.name in text and "x" * 60 not in text and "k" * 60 not in text
