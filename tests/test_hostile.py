@@ -496,3 +496,16 @@ def test_a_bad_value_is_quoted_by_its_prefix_only(tmp_path):
     for path in (big, long_key):
         text = one_line_error(lambda: get_spec(str(path)), SpecError, limit=250)
         assert path.name in text and "x" * 60 not in text and "k" * 60 not in text
+
+
+def test_bfloat16_tensors_are_widened_not_refused(tmp_path, torch):
+    """The size checks count a tensor's bytes as stored, not after widening to float32."""
+    weights = torch.randn(3, 4).to(torch.bfloat16)
+    torch.save({"w": weights}, tmp_path / "bf16.pth")
+    got = formats.read(tmp_path / "bf16.pth").tensors["w"]
+    assert got.dtype == np.float32 and np.array_equal(got, weights.float().numpy())
+    st = tmp_path / "bf16.safetensors"  # read by hand beside the library: 1.0 and -2.0
+    st.write_bytes(safetensors_bytes({"w": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]},
+                                      "x": f32([1], [4, 8])}, struct.pack("<HHf", 0x3F80, 0xC000, 3.0)))
+    raw = formats.read(st)
+    assert raw.tensors["w"].tolist() == [1.0, -2.0] and raw.tensors["x"].tolist() == [3.0]

@@ -73,10 +73,11 @@ def read(path):
             raise CheckpointError(f"{path}: entry '{one_line(key, 60)}' is a {type(value).__name__}, not a tensor"
                                   + ("" if holder else f" (no {'/'.join(STATE_KEYS)} dict found)"))
         array = to_numpy(value, path, key)
+        claim = value.numel() * value.element_size()  # as stored: before bfloat16 is widened
         held = value.untyped_storage().nbytes() - value.storage_offset() * value.element_size()
-        total += array.nbytes
-        if array.nbytes > max(held, 0) or total > limit:
-            raise CheckpointError(f"{path}: tensor '{one_line(key, 60)}' claims {array.nbytes} bytes: more "
+        total += claim
+        if claim > max(held, 0) or total > limit:
+            raise CheckpointError(f"{path}: tensor '{one_line(key, 60)}' claims {claim} bytes: more "
                                   f"than its storage or the file holds (an aliased or expanded view)")
         tensors[key] = array
     # DistributedDataParallel prefixes every name with 'module.'.
