@@ -509,3 +509,13 @@ def test_bfloat16_tensors_are_widened_not_refused(tmp_path, torch):
                                       "x": f32([1], [4, 8])}, struct.pack("<HHf", 0x3F80, 0xC000, 3.0)))
     raw = formats.read(st)
     assert raw.tensors["w"].tolist() == [1.0, -2.0] and raw.tensors["x"].tolist() == [3.0]
+
+
+def test_a_training_checkpoint_with_a_string_epoch_is_one_line(small, tmp_path, torch):
+    spec, src = small
+    model = {k: torch.from_numpy(v.copy()) for k, v in formats.read(src).tensors.items()}
+    opt = {"state": {}, "param_groups": [{"params": list(range(sum(1 for *_, t in tensor_specs(spec) if t)))}]}
+    torch.save({"model": model, "optimizer": opt, "epoch": "three", "step": 1}, tmp_path / "s.pth")
+    text = one_line_error(lambda: convert(tmp_path / "s.pth", tmp_path / "o.safetensors", with_optimizer=True))
+    assert "s.pth" in text and "lacks epoch" in text
+    convert(tmp_path / "s.pth", tmp_path / "o.safetensors")  # the weights alone still convert

@@ -83,7 +83,10 @@ def read(path):
     # DistributedDataParallel prefixes every name with 'module.'.
     if tensors and all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module."):]: v for k, v in tensors.items()}
-    scalars = {k: others[k] for k in ("epoch", "step", "recipe") if isinstance(others.get(k), (int, str))}
+    # Kept only when of the right type: a file's other keys are not ours to refuse weights over.
+    scalars = {k: others[k] for k in ("epoch", "step") if type(others.get(k)) is int}
+    if isinstance(others.get("recipe"), str):
+        scalars["recipe"] = others["recipe"]
     return RawCheckpoint(path, NAME, tensors, others.get("optimizer"), scalars)
 
 
