@@ -33,16 +33,15 @@ def add_arguments(p):
 
 
 def parse_sets(items):
-    import yaml
-
     from .errors import SKNetError
+    from .typed import parse_value
 
     out = []
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SKNetError(f"--set {item}: expected KEY=VALUE (e.g. optimizer.lr=0.05)")
-        out.append((key.strip(), yaml.safe_load(value)))
+        out.append((key.strip(), parse_value(value, key.strip())))
     return tuple(out)
 
 
