@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from sknet.atomic import atomic_write
+from sknet.formats.torch import save
 from sknet.recipe import backend_device
 from sknet.schedule import param_groups
 from sknet.training import TrainError
@@ -150,7 +151,7 @@ class Adapter:
         obj = {"model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
                "optimizer": self.optimizer.state_dict(), "epoch": int(epoch), "step": int(step),
                "recipe": str(self.recipe.name), "rng": {"torch": torch.get_rng_state()}}
-        atomic_write(path, lambda tmp: torch.save(obj, tmp))
+        atomic_write(path, lambda tmp: save(tmp, obj))
 
     def load(self, path):
         try:

@@ -120,7 +120,13 @@ def write(tmp, tensors, momentum, scalars):
                "epoch": int(scalars["epoch"]), "step": int(scalars["step"])}
         if scalars.get("recipe") is not None:
             obj["recipe"] = str(scalars["recipe"])
-    # A file object, not a name: torch names the zip's folder after the file it is given,
-    # and the bytes must not depend on the (temporary) file name.
+    save(tmp, obj)
+
+
+def save(tmp, obj):
+    """``torch.save`` through a file object, not a name: torch names the zip's folder after
+    the file it is given, and the bytes must not depend on the (temporary) file name."""
+    import torch
+
     with open(tmp, "wb") as f:
         torch.save(obj, f)
