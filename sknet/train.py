@@ -56,21 +56,13 @@ def train(opts, step_hook=None):
     """Run ``opts`` on its backend in this process; returns the last epoch's metrics row (rank 0)."""
     from . import backend_module
 
-    if opts.backend == "mindspore":
-        prepare_mindspore()
+    # The backend package first: it sets its framework's environment (sknet.backends.mindspore).
     backend_module(opts.backend)
     if opts.backend == "torch":
         from sknet.backends.torch.train import run
     else:
         from sknet.backends.mindspore.train import run
     return run(opts, step_hook=step_hook)
-
-
-def prepare_mindspore():
-    # oneDNN's AVX-512 convolution for MindSpore's plain NCHW tensors is a reference loop here
-    # (~60x slower than its AVX2 GEMM path); must be set before MindSpore loads oneDNN.
-    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-    os.environ.setdefault("GLOG_v", "3")
 
 
 def rank_label():
