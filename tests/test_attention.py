@@ -169,8 +169,8 @@ def test_logits_bit_exact_with_and_without_capture(spec, pair, torch, pynative):
     logits_ms, _ = ms_capture(net, x, keep_branches=set(unit_paths(spec)))
     assert np.array_equal(plain_ms, logits_ms)
     # Capture leaves nothing switched on and holds on to nothing.
-    for cells in (sk_cells(model), ms_cells(net)):
-        assert all(c.record is False and c.recorded is None for c in cells.values())
+    assert all(c.record is False and c.recorded is None for c in sk_cells(model).values())
+    assert not any(cell._forward_hook for unit in ms_cells(net).values() for cell in (unit.attn, *unit.paths))
     with torch.no_grad():
         assert np.array_equal(model(torch.from_numpy(x)).numpy(), plain)
 
