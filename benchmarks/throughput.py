@@ -44,7 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=5, help="timed iterations per implementation per round")
     p.add_argument("--rounds", type=int, default=3, help="alternations of ours and theirs")
     p.add_argument("--channels-last", action="store_true", help="PyTorch: NHWC tensors (both sides)")
-    p.add_argument("--compile", action="store_true", help="PyTorch: torch.compile (both sides)")
+    p.add_argument("--compile", action="store_true",
+                   help="PyTorch: also time torch.compile'd copies of ours and of timm's model")
     p.add_argument("--device", default="cpu", help="PyTorch: cpu, cuda or cuda:N (MindSpore runs on the CPU)")
     p.add_argument("--amp", choices=["fp16", "bf16"], help="PyTorch: autocast to this dtype (both sides)")
     p.add_argument("--no-reference", action="store_true", help="time ours only")
@@ -166,19 +167,23 @@ def rows_for(model, backend, mode, spec, size, batch, figures, roof):
 
 def print_rows(rows, figures, deviation, ref_label):
     for r in rows:
-        print(f"  {r['impl']:7s} {r['task']:5s} {r['ms']:9.1f} ms/step {r['images_per_s']:8.2f} img/s "
+        print(f"  {r['impl']:14s} {r['task']:5s} {r['ms']:9.1f} ms/step {r['images_per_s']:8.2f} img/s "
               f"{r['gflops']:7.1f} GFLOP/s ({100 * r['roofline']:4.1f}% of roof) "
               f"+{r['peak_mib']:6.0f} MiB peak  IQR {100 * r['spread']:4.1f}%  n={r['n']}")
     by = {(r["impl"], r["task"]): r for r in rows}
+    ours = sorted({r["impl"] for r in rows if r["impl"].startswith("sknet")}, key=len)
+    theirs = sorted({r["impl"] for r in rows if r["impl"].startswith(ref_label)}, key=len)
     for task in TASKS:
-        if ("sknet", task) in by and (ref_label, task) in by:
-            ratio = by[(ref_label, task)]["ms"] / by[("sknet", task)]["ms"]
-            per_round = measure.round_ratios(figures[("sknet", task)], figures[(ref_label, task)])
-            print(f"  ours/{ref_label} {task}: {ratio:.3f}x speed "
-                  f"(rounds: {min(per_round):.3f}x to {max(per_round):.3f}x)")
-            ours = by[("sknet", task)]
-            ours[f"ratio_vs_{ref_label}"] = ratio
-            ours[f"round_ratios_vs_{ref_label}"] = per_round
+        for mine in ours:
+            for ref in theirs:
+                if (mine, task) not in by or (ref, task) not in by:
+                    continue
+                ratio = by[(ref, task)]["ms"] / by[(mine, task)]["ms"]
+                per_round = measure.round_ratios(figures[(mine, task)], figures[(ref, task)])
+                print(f"  {mine}/{ref} {task}: {ratio:.3f}x speed "
+                      f"(rounds: {min(per_round):.3f}x to {max(per_round):.3f}x)")
+                by[(mine, task)][f"ratio_vs_{ref}"] = ratio
+                by[(mine, task)][f"round_ratios_vs_{ref}"] = per_round
     if deviation is not None:
         print(f"  eval logits, ours vs {ref_label} with the same weights: max |diff| / max |logit| "
               f"= {deviation:.2e}")
@@ -191,7 +196,7 @@ def run_torch(args, roof):
     reference = not args.no_reference and tr.has_timm()
     rows = []
     mode = "eager" + "".join(f"+{flag}" for flag, on in (
-        ("compile", args.compile), ("channels_last", args.channels_last), (f"amp_{args.amp}", args.amp)) if on)
+        ("channels_last", args.channels_last), (f"amp_{args.amp}", args.amp)) if on)
     for name in args.models:
         spec = get_spec(name)
         impls, dev = tr.prepare(name, spec, args.batch, args.size, reference, args.channels_last,

@@ -1,5 +1,6 @@
 """PyTorch side of the benchmark: our backend and, when importable, timm's same-named model."""
 import contextlib
+import copy
 import importlib.util
 
 import numpy as np
@@ -161,11 +162,18 @@ def prepare(name, spec, batch, size, reference, channels_last, compile, device="
     x = torch.from_numpy(rng.standard_normal((batch, spec.input.in_chans, size, size), dtype=np.float32))
     y = torch.from_numpy(rng.integers(0, spec.num_classes, batch))
     ours = build_ours(spec)
-    impls = {"sknet": TorchImpl(ours, x, y, channels_last, compile, device, amp)}
-    deviation = None
+    # Ours as create_model returns it, ours with fast.accelerate, and with --compile both
+    # ours and timm's compiled too: every one of ours is compared with every one of theirs.
+    models = {"sknet": ours, "sknet-fast": bt.accelerate(copy.deepcopy(ours))}
+    if compile:
+        models["sknet-compiled"] = copy.deepcopy(ours)
     if reference:
-        theirs = build_timm(name, spec, bt.to_canonical(ours))
-        impls["timm"] = TorchImpl(theirs, x, y, channels_last, compile, device, amp)
+        models["timm"] = build_timm(name, spec, bt.to_canonical(ours))
+        if compile:
+            models["timm-compiled"] = copy.deepcopy(models["timm"])
+    impls = {label: TorchImpl(model, x, y, channels_last, label.endswith("-compiled"), device, amp)
+             for label, model in models.items()}
+    deviation = None
     if reference and compare:
         a, b = impls["sknet"].logits(), impls["timm"].logits()
         deviation = float(np.abs(a - b).max() / np.abs(b).max())

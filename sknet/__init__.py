@@ -31,18 +31,22 @@ def backend_module(backend):
         raise
 
 
-def create_model(name_or_spec, backend="torch", num_classes=None, checkpoint=None, seed=0, **overrides):
+def create_model(name_or_spec, backend="torch", num_classes=None, checkpoint=None, seed=0, fast=None,
+                 **overrides):
     """A ready model for a registered name, alias, spec path or ``ModelSpec``.
 
     ``num_classes`` and other top-level spec fields (``in_chans``, ``size`` too) may be
     overridden; with ``checkpoint`` (any format ``sknet convert`` reads) its weights are loaded.
+    ``fast`` chooses the backend's speed-ups (``backends/<name>/fast.py``): None is the
+    backend's default (PyTorch: the reference modules, which script, trace and compile;
+    MindSpore: the options resolved for this device), True all that apply, False none.
     """
     if isinstance(name_or_spec, ModelSpec):
         spec = name_or_spec.replace(num_classes=num_classes, **overrides)
     else:
         spec = get_spec(name_or_spec, num_classes=num_classes, **overrides)
     module = backend_module(backend)
-    model = module.build(spec, seed=seed)
+    model = module.build(spec, seed=seed, fast=fast)
     if checkpoint is not None:
         from .checkpoint import read_canonical
 

@@ -128,17 +128,21 @@ def pool_out(size, pool):
     return conv_out(size, pool.kernel_size, pool.stride, (pool.kernel_size - 1) // 2)
 
 
+def same_pads(n: int, kernel: int, stride: int) -> Tuple[int, int]:
+    """(before, after) padding of TensorFlow's / MindSpore's "same" pooling of ``n`` pixels:
+    the odd extra row or column goes after. Plain integer arithmetic, so that a traced or
+    scripted module can call it on a shape."""
+    total = ((n + stride - 1) // stride - 1) * stride + kernel - n
+    if kernel < stride:  # never negative otherwise; max() would stop torch.fx on a traced size
+        total = max(total, 0)
+    return total // 2, total - total // 2
+
+
 def pool_pads(pool, height, width):
     """(top, bottom, left, right) padding of the stem's max-pool on a height x width map."""
-    k, s = pool.kernel_size, pool.stride
     if pool.padding == "same":
-        # TensorFlow's / MindSpore's "same": the odd extra row and column go bottom/right.
-        out = []
-        for n in (height, width):
-            total = max((pool_out(n, pool) - 1) * s + k - n, 0)
-            out += [total // 2, total - total // 2]
-        return tuple(out)
-    p = (k - 1) // 2
+        return same_pads(height, pool.kernel_size, pool.stride) + same_pads(width, pool.kernel_size, pool.stride)
+    p = (pool.kernel_size - 1) // 2
     return (p, p, p, p)
 
 

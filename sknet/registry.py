@@ -1,4 +1,8 @@
-"""The model registry: every YAML file in ``configs/models`` is a model."""
+"""The model registry: every YAML file in ``configs/models`` is a model.
+
+The repository's ``configs/`` folder installs as the package ``sknet.configs`` (a wheel
+carries it as package data); ``SKNET_CONFIG_DIR`` points the registry elsewhere.
+"""
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -6,8 +10,19 @@ from pathlib import Path
 from .errors import SpecError
 from .spec import load_spec
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = Path(os.environ.get("SKNET_CONFIG_DIR", ROOT / "configs"))
+
+def _config_dir():
+    if os.environ.get("SKNET_CONFIG_DIR"):
+        return Path(os.environ["SKNET_CONFIG_DIR"])
+    from importlib.resources import files
+
+    try:
+        return Path(str(files("sknet.configs")))
+    except ModuleNotFoundError:  # a checkout on sys.path, not installed: the folder beside sknet/
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+CONFIG_DIR = _config_dir()
 MODEL_DIR = CONFIG_DIR / "models"
 RECIPE_DIR = CONFIG_DIR / "recipes"
 

@@ -186,3 +186,14 @@ def test_every_mindspore_entry_point_builds_with_the_same_options(isa, order, ge
     assert out["gemm"] == ("GemmConv2d" if gemm else "Conv2d")
     # The backend's default only where MindSpore had not loaded (oneDNN reads it once).
     assert out["isa"] == (isa if isa is not None else ("AVX2" if order == "backend-first" else None))
+
+
+def test_mindspore_create_model_fast_flag(pynative):
+    import sknet
+    from sknet.backends.mindspore import FastOptions, resolve_options
+
+    assert sknet.create_model("sknet_small", "mindspore", fast=False).options == FastOptions.plain()
+    resolved = resolve_options()
+    assert sknet.create_model("sknet_small", "mindspore", fast=True).options == resolved
+    assert sknet.create_model("sknet_small", "mindspore").options == resolved
+    assert sknet.create_model("sknet_small", "onnx", fast=True).spec.name == "sknet_small"

@@ -4,7 +4,7 @@ from mindspore import nn
 from sknet.params import init_state
 from sknet.plan import build_plan
 
-from .fast import accelerate, resolve_options
+from .fast import FastOptions, accelerate, resolve_options
 from .layers import BLOCKS, GlobalAvgPool, batch_norm, conv2d, max_pool
 from .names import load_canonical, name_parameters
 
@@ -45,14 +45,17 @@ class SKNet(nn.Cell):
         return self.forward_head(self.forward_features(x))
 
 
-def build(spec, seed=0, options=None):
+def build(spec, seed=0, fast=None, options=None):
     """A ``mindspore.nn.Cell`` for ``spec``, initialised from ``sknet.params.init_state(spec, seed)``.
 
-    ``options`` (``fast.FastOptions``) says which speed-ups its cells take; None means
-    ``fast.resolve_options()``, what every entry point of this process builds with.
+    Its cells take the speed-ups of ``options`` (``fast.FastOptions``); without it,
+    ``fast=False`` takes none (``FastOptions.plain()``) and None or True those of
+    ``fast.resolve_options()``: every one that pays on this device, what every entry point
+    of this process builds with.
     """
-    net = load_canonical(SKNet(spec), init_state(spec, seed))
-    return accelerate(net, resolve_options() if options is None else options)
+    if options is None:
+        options = FastOptions.plain() if fast is False else resolve_options()
+    return accelerate(load_canonical(SKNet(spec), init_state(spec, seed)), options)
 
 
 def count_trainable(net):

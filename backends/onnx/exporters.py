@@ -57,12 +57,9 @@ def from_torch(spec, tensors, opset, fuse_bn, dynamic_batch, batch, size):
     axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if dynamic_batch else None
     buf = io.BytesIO()
     # The TorchScript exporter folds eval-mode BN into the convs as part of constant
-    # folding; without --fuse-bn it is turned off so the BN nodes stay.
-    # Module by module too: the CPU fast paths (NHWC stages, the subsampled strided dilated
-    # convs, the sigmoid-lerp selection) would put shape-dependent layout ops in the graph.
-    from sknet.backends.torch.layers import plain_math
-
-    with warnings.catch_warnings(), plain_math():
+    # folding; without --fuse-bn it is turned off so the BN nodes stay. The model is the
+    # reference one (no fast.accelerate): no layout ops or slices of the CPU fast paths.
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=opset, input_names=[INPUT],

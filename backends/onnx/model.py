@@ -100,8 +100,11 @@ class OnnxModel:
         return self  # always in inference mode; here so code written for torch modules runs as is
 
 
-def build(spec, seed=0, **options):
-    """An ``OnnxModel`` for ``spec``, initialised from ``sknet.params.init_state(spec, seed)``."""
+def build(spec, seed=0, fast=None, **options):
+    """An ``OnnxModel`` for ``spec``, initialised from ``sknet.params.init_state(spec, seed)``.
+
+    ``fast`` (``create_model``'s) changes nothing: onnxruntime optimises the graph itself.
+    """
     return OnnxModel(spec, init_state(spec, seed), **options)
 
 

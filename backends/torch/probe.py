@@ -4,6 +4,7 @@ Every function takes and returns NumPy arrays and canonical names, so that
 ``sknet.parity`` compares the two frameworks without importing either.
 """
 import contextlib
+import contextvars
 
 import numpy as np
 import torch
@@ -13,28 +14,36 @@ from torch import nn
 from sknet.parity.pinning import pool_winners
 from sknet.plan import pool_out, pool_pads
 
-from . import layers
+from .fast import accelerate, is_accelerated
 from .model import SKNet
 from .names import load_canonical, to_canonical
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64}
+# Whether ``build`` accelerates the models it makes, for the checks run inside ``math``.
+_FAST = contextvars.ContextVar("sknet_parity_torch_fast", default=False)
 
 
 def build(spec, state, dtype="float32"):
-    """A model for ``spec`` holding the canonical ``state``, in ``dtype``."""
+    """A model for ``spec`` holding the canonical ``state``, in ``dtype``; accelerated inside ``math(True)``."""
     model = SKNet(spec)
     load_canonical(model, state)
+    if _FAST.get():
+        accelerate(model)
     return model.to(DTYPES[dtype])
 
 
+@contextlib.contextmanager
 def math(fast):
-    """A context running the model's fast CPU paths (``fast``) or module by module.
+    """Build models with ``fast.accelerate``'s paths (``fast``) or the reference modules.
 
-    The module-by-module math is the model's definition; the fast paths (BN folding,
-    fused oneDNN calls, NHWC, the two-branch gate rewrite) must compute the same.
+    The reference modules are the model's definition; the fast paths (BN folding, fused
+    oneDNN calls, NHWC, the two-branch gate rewrite) must compute the same.
     """
-    plain = getattr(layers, "plain_math", None)
-    return contextlib.nullcontext() if fast or plain is None else plain()
+    token = _FAST.set(bool(fast))
+    try:
+        yield
+    finally:
+        _FAST.reset(token)
 
 
 def forward(model, x, train=False):
@@ -164,6 +173,12 @@ def sgd(model, batches, lrs, weight_decay, momentum, nesterov, label_smoothing):
 
 def capture(model, x, paths):
     """{module path: output} of every module in ``paths`` for one eval pass, in the order they ran."""
+    if is_accelerated(model):
+        # The reference modules: a fused inference path (BN folded, residual add and ReLU in
+        # one call) would skip the hooks or record a sum where a layer's own output belongs.
+        reference = SKNet(model.spec)
+        reference.load_state_dict(model.state_dict())
+        model = reference.to(next(model.parameters()).dtype)
     model.eval()
     seen = {}
     handles = []
@@ -175,10 +190,8 @@ def capture(model, x, paths):
             seen[path] = output.detach().numpy().copy()
 
         handles.append(module.register_forward_hook(hook))
-    # Module by module: a fused inference path (BN folded, residual add and ReLU in one
-    # call) would skip the hooks or record a sum where a layer's own output belongs.
     try:
-        with torch.no_grad(), math(fast=False):
+        with torch.no_grad():
             model(torch.from_numpy(x).to(next(model.parameters()).dtype))
     finally:
         for h in handles:

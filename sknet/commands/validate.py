@@ -31,7 +31,7 @@ def predictor(backend, spec, tensors, device):
         import torch
 
         dev = torch.device(backend_device(device, "torch") or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = module.build(spec)
+        model = module.build(spec, fast=True)
         module.load_canonical(model, tensors)
         model = model.to(dev).eval()
 

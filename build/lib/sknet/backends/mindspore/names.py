@@ -1,0 +1,47 @@
+"""MindSpore parameter names: the canonical tree with MindSpore's BN names.
+
+BN ``weight/bias/running_mean/running_var`` are ``gamma/beta/moving_mean/moving_variance``
+here; every other name is the canonical one. This is the only place that says so.
+"""
+import mindspore as ms
+import numpy as np
+
+from sknet.errors import CheckpointError, describe_mismatch
+from sknet.layouts import MS_BN as BN_NAMES
+from sknet.params import tensor_specs
+
+
+def ms_name(name, kind):
+    if kind != "bn":
+        return name
+    prefix, suffix = name.rsplit(".", 1)
+    return f"{prefix}.{BN_NAMES[suffix]}"
+
+
+def name_map(spec):
+    """{canonical name: MindSpore name} for every tensor of ``spec``."""
+    return {name: ms_name(name, kind) for name, _, kind, _ in tensor_specs(spec)}
+
+
+def _params(net):
+    return {p.name: p for p in net.get_parameters()}
+
+
+def to_canonical(net):
+    params = _params(net)
+    return {c: params[m].asnumpy() for c, m in name_map(net.spec).items()}
+
+
+def load_canonical(net, tensors):
+    """Copy canonical arrays into ``net``; mismatched names or shapes raise CheckpointError."""
+    params = _params(net)
+    mapping = name_map(net.spec)
+    missing = [c for c in mapping if c not in tensors]
+    unknown = [m for m in params if m not in set(mapping.values())]
+    bad = [f"{c} {tuple(np.shape(tensors[c]))} vs {tuple(params[m].shape)}"
+           for c, m in mapping.items() if c in tensors and tuple(np.shape(tensors[c])) != tuple(params[m].shape)]
+    if missing or unknown or bad:
+        raise CheckpointError(describe_mismatch(missing, unknown, bad))
+    for c, m in mapping.items():
+        params[m].set_data(ms.Tensor(np.ascontiguousarray(tensors[c], dtype=np.float32)))
+    return net

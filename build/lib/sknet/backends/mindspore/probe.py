@@ -1,0 +1,154 @@
+"""What the parity checks run on the MindSpore side, mirroring ``sknet.backends.torch.probe``.
+
+Everything here runs in whichever mode (PYNATIVE or GRAPH) the caller set with
+``mindspore.set_context``, except ``capture``, whose forward hooks exist only in PYNATIVE.
+Names going in and out are canonical; ``names.name_map`` translates.
+"""
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+
+import contextlib
+
+from sknet.plan import pool_out, pool_pads
+
+from . import layers
+from .model import SKNet
+from .names import load_canonical, name_map, to_canonical
+
+DTYPES = {"float32": ms.float32, "float16": ms.float16}
+
+
+def build(spec, state, dtype="float32"):
+    net = SKNet(spec)
+    load_canonical(net, state)
+    if dtype != "float32":
+        net.to_float(DTYPES[dtype])
+    return net
+
+
+def math(fast):
+    """MindSpore's fast CPU paths (``fast``) or its module-by-module math, for cells built inside.
+
+    The choice is made when a cell is built (the two-branch gate rewrite skips the
+    attention cell), so build inside this context.
+    """
+    plain = getattr(layers, "plain_math", None)
+    return contextlib.nullcontext() if fast or plain is None else plain()
+
+
+def forward(net, x, train=False):
+    net.set_train(train)
+    out = net(ms.Tensor(x))
+    return out.asnumpy(), to_canonical(net)
+
+
+def loss_fn(label_smoothing=0.0):
+    return nn.CrossEntropyLoss(reduction="mean", label_smoothing=label_smoothing)
+
+
+def _canonical_names(net):
+    return {m: c for c, m in name_map(net.spec).items()}
+
+
+def grads(net, x, y):
+    """(loss, {canonical name: d loss / d param}) through ``nn.ForwardValueAndGrad``."""
+    net.set_train(True)
+    weights = ms.ParameterTuple(net.trainable_params())
+    step = nn.ForwardValueAndGrad(nn.WithLossCell(net, loss_fn()), weights=weights, get_by_list=True)
+    step.set_train(True)
+    loss, gs = step(ms.Tensor(x), ms.Tensor(y.astype(np.int32)))
+    names = _canonical_names(net)
+    return float(loss.asnumpy()), {names[w.name]: g.asnumpy() for w, g in zip(weights, gs)}
+
+
+class _Replay(nn.Cell):
+    """Replays one recorded array per call in PYNATIVE; GRAPH mode compiles the first one in."""
+
+    def __init__(self, calls, dtype):
+        super().__init__()
+        self.calls, self.call, self.dtype = calls, 0, dtype
+        self.replay = ms.get_context("mode") == ms.PYNATIVE_MODE
+        self.choice = ms.Tensor(calls[0].astype(dtype))
+
+    def next_choice(self):
+        if self.replay:
+            self.choice = ms.Tensor(self.calls[self.call].astype(self.dtype))
+            self.call += 1
+        return self.choice
+
+
+class _PinnedReLU(_Replay):
+    """``sknet.backends.torch.probe._PinnedReLU``: ``x`` where the reference's input was > 0, else 0."""
+
+    def __init__(self, calls):
+        super().__init__(calls, np.float32)
+
+    def construct(self, x):
+        return x * self.next_choice()
+
+
+class _PinnedPool(_Replay):
+    """The stem's max-pool taking the reference's winner of every window."""
+
+    def __init__(self, pool, calls):
+        super().__init__(calls, np.int32)
+        self.pool = pool
+
+    def construct(self, x):
+        top, bottom, left, right = pool_pads(self.pool, x.shape[2], x.shape[3])
+        flat = ops.pad(x, (left, right, top, bottom)).reshape(x.shape[0], x.shape[1], -1)
+        out = ops.gather_elements(flat, 2, self.next_choice())
+        return out.reshape(x.shape[0], x.shape[1], pool_out(x.shape[2], self.pool), -1)
+
+
+def pin(net, choices):
+    """Make ``net`` replay ``choices`` (``sknet.backends.torch.probe.record_choices``) call by call."""
+    if ms.get_context("mode") != ms.PYNATIVE_MODE and any(len(v) > 1 for v in choices.values()):
+        raise RuntimeError("replaying the choices of several passes needs MindSpore's PYNATIVE mode")
+    parents = {name: cell for name, cell in net.cells_and_names() if not name.startswith("stages")}
+    parents[""] = net
+    for parent_path, parent in list(parents.items()):
+        for child, cell in list(parent.name_cells().items()):
+            path = f"{parent_path}.{child}" if parent_path else child
+            if isinstance(cell, nn.ReLU) and path in choices:
+                setattr(parent, child, _PinnedReLU(choices[path]))
+    if "maxpool" in choices:
+        net.maxpool = _PinnedPool(net.spec.stem.pool, choices["maxpool"])
+    return net
+
+
+def sgd(net, batches, lrs, weight_decay, momentum, nesterov, label_smoothing):
+    """``nn.Momentum`` with a per-step learning-rate list and per-tensor weight decay groups."""
+    names = _canonical_names(net)
+    groups = {}
+    for p in net.trainable_params():
+        groups.setdefault(weight_decay[names[p.name]], []).append(p)
+    lr = ms.Tensor(np.asarray(lrs, np.float32))
+    opt = nn.Momentum([{"params": ps, "weight_decay": wd} for wd, ps in groups.items()],
+                      learning_rate=lr, momentum=momentum, use_nesterov=nesterov)
+    step = nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn(label_smoothing)), opt)
+    step.set_train(True)
+    losses = [float(step(ms.Tensor(x), ms.Tensor(y.astype(np.int32))).asnumpy()) for x, y in batches]
+    return np.array(losses), to_canonical(net), None
+
+
+def capture(net, x, paths):
+    """{cell path: output} of every cell in ``paths`` for one eval pass (PYNATIVE only)."""
+    if ms.get_context("mode") != ms.PYNATIVE_MODE:
+        raise RuntimeError("forward hooks need MindSpore's PYNATIVE mode")
+    net.set_train(False)
+    cells = dict(net.cells_and_names())
+    seen = {}
+    handles = []
+    for path in paths:
+        def hook(_cell, _inputs, output, path=path):
+            seen[path] = output.asnumpy()
+
+        handles.append(cells[path].register_forward_hook(hook))
+    try:
+        net(ms.Tensor(x))
+    finally:
+        for h in handles:
+            h.remove()
+    return seen

@@ -1,0 +1,148 @@
+"""Reusable PyTorch layers of an SKNet, built from the block plan (``sknet.plan``).
+
+These modules are the definition: each computes its layer module by module, as the paper
+and timm write it, and every one of them passes ``torch.jit.script``, ``torch.jit.trace``,
+``torch.fx.symbolic_trace`` and ``torch.compile(fullgraph=True)``. The speed-ups (BN
+folding, fused oneDNN calls, NHWC, the two-branch select) live in ``fast.py`` and are
+applied to a built model by ``fast.accelerate``.
+"""
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sknet.plan import same_pads
+
+
+def batch_norm(channels, norm):
+    return nn.BatchNorm2d(channels, eps=norm.eps, momentum=norm.momentum)
+
+
+def conv2d(c):
+    """The bias-free ``nn.Conv2d`` a ``ConvPlan`` describes."""
+    return nn.Conv2d(c.in_ch, c.out_ch, c.kernel, c.stride, c.padding, c.dilation, c.groups, bias=False)
+
+
+class ConvBnAct(nn.Module):
+    def __init__(self, conv, norm, act=True):
+        super().__init__()
+        self.conv = conv2d(conv)
+        self.bn = batch_norm(conv.out_ch, norm)
+        self.act = nn.ReLU(inplace=True) if act else nn.Identity()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class SelectiveKernelAttn(nn.Module):
+    """Fuse and score: the pooled branch sum (B, C, 1, 1) reduced to d with BN-ReLU, expanded
+    to the selection logits (B, M, C, 1, 1). fc_select's channels [i*C, (i+1)*C) score branch
+    i, as in timm and mindcv."""
+
+    def __init__(self, channels, attn_width, num_branches, norm):
+        super().__init__()
+        self.num_branches, self.channels = num_branches, channels
+        self.fc_reduce = nn.Conv2d(channels, attn_width, 1, bias=False)
+        self.bn = batch_norm(attn_width, norm)
+        self.act = nn.ReLU(inplace=True)
+        self.fc_select = nn.Conv2d(attn_width, channels * num_branches, 1, bias=False)
+
+    def forward(self, pooled):
+        logits = self.fc_select(self.act(self.bn(self.fc_reduce(pooled))))
+        return logits.view(-1, self.num_branches, self.channels, 1, 1)
+
+
+class SelectiveKernel(nn.Module):
+    """The SK unit: M conv branches of different dilation, fused by sum, selected per channel
+    by a softmax across the branches."""
+
+    def __init__(self, sk, norm):
+        super().__init__()
+        self.split_input = sk.split_input
+        self.num_branches = sk.num_branches
+        self.branch_in = sk.branch_in
+        self.paths = nn.ModuleList(ConvBnAct(branch, norm) for branch in sk.branches)
+        self.attn = SelectiveKernelAttn(sk.channels, sk.attn_width, sk.num_branches, norm)
+
+    def branches(self, x) -> List[torch.Tensor]:
+        if self.split_input:
+            inputs = torch.split(x, self.branch_in, dim=1)
+        else:
+            inputs = [x] * self.num_branches
+        out: List[torch.Tensor] = []
+        for i, path in enumerate(self.paths):
+            out.append(path(inputs[i]))
+        return out
+
+    def forward(self, x):
+        branches = self.branches(x)
+        fused = branches[0]
+        for y in branches[1:]:
+            fused = fused + y
+        weights = torch.softmax(self.attn(fused.mean((2, 3), keepdim=True)), dim=1)
+        out = branches[0] * weights[:, 0]
+        for i in range(1, self.num_branches):
+            out = out + branches[i] * weights[:, i]
+        return out
+
+
+def downsample(block, norm):
+    if block.downsample is None:
+        return None
+    return nn.Sequential(conv2d(block.downsample), batch_norm(block.out_ch, norm))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, block, norm):
+        super().__init__()
+        self.conv1 = SelectiveKernel(block.sk, norm)
+        self.conv2 = ConvBnAct(block.expand, norm, act=False)
+        self.downsample = downsample(block, norm)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.act(self.conv2(self.conv1(x)) + shortcut)
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, block, norm):
+        super().__init__()
+        self.conv1 = ConvBnAct(block.reduce, norm, act=block.first_relu)
+        self.conv2 = SelectiveKernel(block.sk, norm)
+        self.conv3 = ConvBnAct(block.expand, norm, act=False)
+        self.downsample = downsample(block, norm)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.act(self.conv3(self.conv2(self.conv1(x))) + shortcut)
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+class SamePadMaxPool2d(nn.Module):
+    """Max-pool padded as TensorFlow's / MindSpore's ``pad_mode="same"``: extra rows bottom/right."""
+
+    def __init__(self, pool):
+        super().__init__()
+        self.kernel_size, self.stride = pool.kernel_size, pool.stride
+
+    def pads(self, n: int) -> Tuple[int, int]:
+        return same_pads(n, self.kernel_size, self.stride)
+
+    def forward(self, x):
+        top, bottom = self.pads(x.shape[2])
+        left, right = self.pads(x.shape[3])
+        x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+        return F.max_pool2d(x, self.kernel_size, self.stride)
+
+
+def max_pool(pool):
+    if pool is None:
+        return nn.Identity()
+    if pool.padding == "same":
+        return SamePadMaxPool2d(pool)
+    return nn.MaxPool2d(pool.kernel_size, pool.stride, (pool.kernel_size - 1) // 2)

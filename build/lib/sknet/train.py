@@ -1,0 +1,101 @@
+"""Train a recipe: ``python -m sknet.train --config R --backend torch|mindspore``.
+
+The same command trains in one process, under ``torchrun --nproc_per_node=N -m sknet.train``
+(PyTorch DistributedDataParallel) and under ``msrun --worker_num=N --local_worker_num=N
+--join=True python -m sknet.train ... --backend mindspore`` (MindSpore data parallel).
+Each worker prints a one-line reason and exits 1 if the run cannot go on.
+"""
+import argparse
+import os
+import sys
+
+from .errors import SKNetError
+from .trainer_common import Options
+
+
+def add_arguments(p):
+    p.add_argument("--config", "--recipe", dest="recipe", required=True,
+                   help="recipe name (configs/recipes/<name>.yaml) or path to a recipe YAML")
+    p.add_argument("--backend", choices=["torch", "mindspore"], default="torch")
+    p.add_argument("--device", help="cpu | cuda (torch) | CPU | GPU | Ascend (mindspore); default: the recipe's")
+    p.add_argument("--resume", help="'auto' (OUT/last if present) or a checkpoint path of this backend")
+    p.add_argument("--out", help="run folder (default: runs/<recipe>-<backend>)")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs (the schedule follows)")
+    p.add_argument("--max-steps", type=int, help="stop after this many global optimizer steps")
+    p.add_argument("--subset", type=int, help="train on the first N images only")
+    p.add_argument("--val-subset", type=int, help="validate on the first N images only")
+    p.add_argument("--ckpt-every", type=int, help="write OUT/last every K steps (default: about 10 %% of an epoch)")
+    p.add_argument("--seed", type=int, help="override the recipe's seed")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field by its dotted key, value in YAML (e.g. data.crop=none); repeatable")
+
+
+def parse_sets(items):
+    import yaml
+
+    from .errors import SKNetError
+
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SKNetError(f"--set {item}: expected KEY=VALUE (e.g. optimizer.lr=0.05)")
+        out.append((key.strip(), yaml.safe_load(value)))
+    return tuple(out)
+
+
+def options(args):
+    return Options(recipe=args.recipe, backend=args.backend, device=args.device, resume=args.resume,
+                   out=args.out, epochs=args.epochs, max_steps=args.max_steps, subset=args.subset,
+                   val_subset=args.val_subset, ckpt_every=args.ckpt_every, seed=args.seed, quiet=args.quiet,
+                   sets=parse_sets(args.sets))
+
+
+def train(opts, step_hook=None):
+    """Run ``opts`` on its backend in this process; returns the last epoch's metrics row (rank 0)."""
+    from . import backend_module
+
+    if opts.backend == "mindspore":
+        prepare_mindspore()
+    backend_module(opts.backend)
+    if opts.backend == "torch":
+        from sknet.backends.torch.train import run
+    else:
+        from sknet.backends.mindspore.train import run
+    return run(opts, step_hook=step_hook)
+
+
+def prepare_mindspore():
+    # oneDNN's AVX-512 convolution for MindSpore's plain NCHW tensors is a reference loop here
+    # (~60x slower than its AVX2 GEMM path); must be set before MindSpore loads oneDNN.
+    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+    os.environ.setdefault("GLOG_v", "3")
+
+
+def rank_label():
+    for key in ("RANK", "RANK_ID"):
+        if key in os.environ:
+            return f"rank {os.environ[key]}: "
+    return ""
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m sknet.train", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        train(options(args))
+    except SKNetError as err:
+        text = str(err)
+        prefix = "" if text.startswith("rank ") else rank_label()
+        print(f"sknet.train: error: {prefix}{text}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("sknet.train: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
