@@ -48,7 +48,7 @@ def create_model(name_or_spec, backend="torch", num_classes=None, checkpoint=Non
     module = backend_module(backend)
     model = module.build(spec, seed=seed, fast=fast)
     if checkpoint is not None:
-        from .checkpoint import read_canonical
+        from .convert import read_canonical
 
         module.load_canonical(model, read_canonical(checkpoint, spec))
     return model

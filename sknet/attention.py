@@ -19,9 +19,7 @@ Definitions (docs/attention.md explains them for users):
   branch contributes more to the unit's (channel-mean) output at each place.
 """
 import csv
-import os
 import re
-import uuid
 from collections import namedtuple
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import SKNetError
 from .tree import sk_units
 
@@ -270,17 +269,12 @@ def analyse(model, capture, spec, images, scales, size=None, map_units=None, cha
 # ---------------------------------------------------------------- output
 
 def _atomic(path, write, binary=False):
-    """Write through ``write(file)`` into a temp file beside ``path``, then move it into place."""
-    path = Path(path)
-    # Opened by name (not mkstemp) so that the file gets the user's umask, not mode 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb" if binary else "x", **({} if binary else {"newline": ""})) as f:
+    """``write(file)`` into ``path`` through the one atomic writer, ``sknet.atomic.atomic_write``."""
+    def to(tmp):
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
             write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, to)
 
 
 def csv_header(spec):

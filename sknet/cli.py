@@ -1,14 +1,13 @@
 """The ``sknet`` command line: one module per subcommand in ``sknet.commands``.
 
 Every error that is the user's to fix (a bad spec, checkpoint or flag) is printed as
-one line on stderr with exit status 2; nothing else is caught.
+one line on stderr with exit status 2; the exit statuses follow one rule (sknet.exits).
 """
 import argparse
 import importlib
-import os
 import sys
 
-from .errors import SKNetError
+from .exits import run_command
 
 COMMANDS = ("info", "convert", "parity", "export", "attention", "train", "validate")
 
@@ -36,19 +35,7 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    try:
-        return args.run(args) or 0
-    except SKNetError as err:
-        print(f"sknet {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"sknet {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # The reader (e.g. `| head`) went away: stop quietly, as Unix tools do.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 141
+    return run_command(f"sknet {args.command}", lambda: args.run(args))
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ from functools import lru_cache
 
 import numpy as np
 
-from . import checkpoint as ckpt
+from . import formats
 from .errors import CheckpointError, SKNetError, describe_mismatch
-from .layouts import SCHEME_LABEL, TRACKED, detect_scheme, entries, scheme_for
+from .layouts import SCHEME_LABEL, TRACKED, detect_scheme, entries, names, scheme_for
 from .params import tensor_specs
 from .registry import get_spec, list_models
+from .statecheck import check_state, check_values, mismatch
 
 LAYOUTS = ("native", "timm", "mindcv")
 
@@ -36,11 +37,53 @@ class Report:
     note: str = ""
 
     def __str__(self):
-        fmt = ckpt.FORMAT_LABEL
+        fmt = formats.label
         opt = " with optimizer state" if self.optimizer else ""
-        return (f"{self.src} ({fmt[self.src_format]}, {SCHEME_LABEL[self.src_scheme]} names) -> "
-                f"{self.dst} ({fmt[self.dst_format]}, {SCHEME_LABEL[self.dst_scheme]} names): "
+        return (f"{self.src} ({fmt(self.src_format)}, {SCHEME_LABEL[self.src_scheme]} names) -> "
+                f"{self.dst} ({fmt(self.dst_format)}, {SCHEME_LABEL[self.dst_scheme]} names): "
                 f"{self.model}, {self.tensors} tensors{opt} in {self.seconds:.2f} s{self.note}")
+
+
+# ---------------------------------------------------------------- a file's state under a spec
+
+
+def _expected(spec, scheme):
+    """({name: shape}, optional names) of ``spec`` under ``scheme``: ``num_batches_tracked`` may
+    be absent (only PyTorch files have it) and its shape is not compared (0-d or (1,))."""
+    expected = names(spec, scheme)
+    return ({n: None if e.kind == "tracked" else e.shape for n, e in expected.items()},
+            [n for n, e in expected.items() if e.kind == "tracked"])
+
+
+def canonical_tensors(raw, spec, scheme, allow_nonfinite=False):
+    """(canonical weights, {bn path: num_batches_tracked} or None) of ``raw`` under ``scheme``.
+
+    Every tensor of ``spec`` must be there with its shape and nothing else may be; the
+    values must pass ``check_values`` (floating point weights, finite unless allowed).
+    """
+    shapes, tracked_names = _expected(spec, scheme)
+    check_state(shapes, raw.tensors, f"{raw.path}: does not fit model '{spec.name}'", tracked_names)
+    check_values(raw.tensors, raw.path, tracked_names, allow_nonfinite)
+    expected = names(spec, scheme)
+    by_canonical, tracked = {}, {}
+    for n, e in expected.items():
+        if e.kind == "tracked":
+            if n in raw.tensors:
+                value = np.asarray(raw.tensors[n]).reshape(-1)
+                if value.size != 1:
+                    raise CheckpointError(f"{raw.path}: '{n}' holds {value.size} values, not one count")
+                tracked[e.canonical[: -len(TRACKED) - 1]] = int(value[0])
+        else:
+            by_canonical[e.canonical] = raw.tensors[n]
+    weights = {name: by_canonical[name] for name, *_ in tensor_specs(spec)}  # canonical order
+    return weights, (tracked or None)
+
+
+def read_canonical(path, spec, allow_nonfinite=False):
+    """``{canonical name: ndarray}`` for ``spec`` from any supported file in any layout."""
+    raw = formats.read(path)
+    scheme = detect_scheme(raw.tensors, str(path))
+    return canonical_tensors(raw, spec, scheme, allow_nonfinite)[0]
 
 
 # ---------------------------------------------------------------- model detection
@@ -82,7 +125,8 @@ def detect_model(raw, scheme, model=None):
     fits, closest = [], None
     for spec in candidates:
         spec = _fitted(spec, raw, scheme)
-        missing, unexpected, bad = ckpt.mismatch(raw.tensors, spec, scheme)
+        shapes, optional = _expected(spec, scheme)
+        missing, unexpected, bad = mismatch(shapes, raw.tensors, optional)
         errors = len(missing) + len(unexpected) + len(bad)
         if errors == 0:
             fits.append(spec)
@@ -138,8 +182,7 @@ def _torch_momentum(raw, spec, scheme, recipe=None):
     from the recipe's grouping (``sknet.schedule.param_groups``), as the trainer built it.
     """
     opt = raw.optimizer
-    if not isinstance(opt, dict) or not isinstance(opt.get("param_groups"), list) or "state" not in opt:
-        raise CheckpointError(f"{raw.path}: 'optimizer' is not a torch.optim state_dict")
+    _check_sgd_state(raw.path, opt)
     trainable = [e for e in entries(spec, scheme) if e.trainable]
     by_name = {e.name: e for e in trainable}
     by_canonical = {e.canonical: e for e in trainable}
@@ -150,6 +193,8 @@ def _torch_momentum(raw, spec, scheme, recipe=None):
                               f"'{spec.name}' has {len(trainable)} trainable tensors")
     if all(len(g.get("param_names", ())) == len(g["params"]) for g in groups):
         given = [n[len("module."):] if n.startswith("module.") else n for g in groups for n in g["param_names"]]
+        if len(set(given)) != len(given):
+            raise CheckpointError(f"{raw.path}: optimizer param_names name a parameter twice")
         unknown = [n for n in given if n not in by_name]
         if unknown:
             raise CheckpointError(f"{raw.path}: optimizer param_names not in model '{spec.name}': "
@@ -172,17 +217,15 @@ def _torch_momentum(raw, spec, scheme, recipe=None):
     if other:
         raise CheckpointError(f"{raw.path}: optimizer state holds {', '.join(other[:3])}: not SGD with "
                               f"momentum, which is all --with-optimizer converts")
-    momentum, bad = {}, []
+    buffers = {}
     for pid, e in zip(ids, order):
         buf = opt["state"].get(pid, {}).get("momentum_buffer")
         # A parameter without a buffer has taken no step yet: SGD starts it from zeros.
-        value = np.zeros(e.shape, np.float32) if buf is None else ckpt._torch_to_numpy(buf)
-        if tuple(value.shape) != e.shape:
-            bad.append(f"{e.name} {tuple(value.shape)} vs {e.shape}")
-        momentum[e.canonical] = value
-    if bad:
-        raise CheckpointError(f"{raw.path}: optimizer buffers do not follow the model's parameters: "
-                              f"{describe_mismatch(shapes=bad)}")
+        buffers[e.name] = np.zeros(e.shape, np.float32) if buf is None else \
+            formats.torch.to_numpy(buf, raw.path, f"optimizer state {pid}")
+    check_state({e.name: e.shape for e in order}, buffers,
+                f"{raw.path}: optimizer buffers do not follow the model's parameters")
+    momentum = {e.canonical: buffers[e.name] for e in order}
     out_groups, at = [], 0
     for g in groups:
         n = len(g["params"])
@@ -192,24 +235,42 @@ def _torch_momentum(raw, spec, scheme, recipe=None):
     return {e.canonical: momentum[e.canonical] for e in trainable}, out_groups
 
 
+def _check_sgd_state(path, opt):
+    """One line, before any use, for an optimizer state that is not torch.optim's shape."""
+    import torch
+
+    def is_list_of(value, kind):
+        return isinstance(value, list) and all(isinstance(v, kind) for v in value)
+
+    groups = opt.get("param_groups") if isinstance(opt, dict) else None
+    state = opt.get("state") if isinstance(opt, dict) else None
+    fine = isinstance(groups, list) and isinstance(state, dict)
+    for g in groups if fine else ():
+        fine = fine and isinstance(g, dict) and is_list_of(g.get("params"), int) \
+            and is_list_of(g.get("param_names", []), str)
+    for entry in state.values() if fine else ():
+        fine = fine and isinstance(entry, dict) and all(isinstance(k, str) for k in entry) \
+            and isinstance(entry.get("momentum_buffer", torch.zeros(0)), torch.Tensor)
+    if not fine:
+        raise CheckpointError(f"{path}: 'optimizer' is not a torch.optim state_dict")
+
+
 def _named_momentum(raw, spec, scheme, recipe=None):
     """Momentum by canonical name from MindSpore/safetensors 'moments.<name>' entries, and groups."""
     trainable = [e for e in entries(spec, scheme) if e.trainable]
     moments = raw.optimizer
-    missing = [e.name for e in trainable if e.name not in moments]
-    unexpected = [n for n in moments if n not in {e.name for e in trainable}]
-    bad = [f"{e.name} {tuple(np.shape(moments[e.name]))} vs {e.shape}" for e in trainable
-           if e.name in moments and tuple(np.shape(moments[e.name])) != e.shape]
-    if missing or unexpected or bad:
-        raise CheckpointError(f"{raw.path}: momentum accumulators do not fit model '{spec.name}': "
-                              f"{describe_mismatch(missing, unexpected, bad)}")
+    check_state({e.name: e.shape for e in trainable}, moments,
+                f"{raw.path}: momentum accumulators do not fit model '{spec.name}'")
     hyper = dict(SGD_DEFAULTS)
     if "momentum" in raw.scalars:
-        hyper["momentum"] = float(np.asarray(raw.scalars["momentum"]).reshape(-1)[0])
+        hyper["momentum"] = _scalar(raw, "momentum", float)
     lr = raw.scalars.get("learning_rate")
     if lr is not None:
         lr = np.asarray(lr).reshape(-1)
-        at = int(np.asarray(raw.scalars.get("global_step", 0)).reshape(-1)[0])
+        at = _scalar(raw, "global_step", int) if "global_step" in raw.scalars else 0
+        if lr.size == 0 or lr.dtype.kind != "f" or at < 0:
+            raise CheckpointError(f"{raw.path}: 'learning_rate' ({lr.size} values of {lr.dtype}) at "
+                                  f"global_step {at} is not a learning rate")
         hyper["lr"] = float(lr[min(at, lr.size - 1)])
     recipe = recipe or raw.scalars.get("recipe")
     if recipe:
@@ -222,7 +283,15 @@ def _named_momentum(raw, spec, scheme, recipe=None):
     return {e.canonical: moments[e.name] for e in trainable}, groups
 
 
-def train_state(raw, spec, scheme, recipe=None):
+def _scalar(raw, key, kind):
+    value = np.asarray(raw.scalars[key]).reshape(-1)
+    if value.size != 1 or value.dtype.kind not in "iuf":
+        raise CheckpointError(f"{raw.path}: '{key}' is {formats.raw.one_line(repr(raw.scalars[key]), 40)}, "
+                              f"not one number")
+    return kind(value[0])
+
+
+def train_state(raw, spec, scheme, recipe=None, allow_nonfinite=False):
     """(momentum by canonical name in parameter order, scalars incl. param groups) of a training checkpoint."""
     if raw.optimizer is None:
         raise CheckpointError(f"{raw.path}: holds no optimizer state (not a training checkpoint); "
@@ -232,6 +301,7 @@ def train_state(raw, spec, scheme, recipe=None):
         raise CheckpointError(f"{raw.path}: training checkpoint lacks {', '.join(missing)}")
     read = _torch_momentum if raw.format == "torch" else _named_momentum
     momentum, groups = read(raw, spec, scheme, recipe)
+    check_values(momentum, raw.path, (), allow_nonfinite, what="momentum buffer")
     scalars = {k: raw.scalars[k] for k in ("epoch", "step", "recipe") if k in raw.scalars}
     if recipe:
         scalars["recipe"] = str(recipe)
@@ -254,29 +324,30 @@ def layout_tensors(spec, scheme, weights, tracked=None):
     return out
 
 
-def convert(src, dst, model=None, layout="native", with_optimizer=False, recipe=None):
+def convert(src, dst, model=None, layout="native", with_optimizer=False, recipe=None, allow_nonfinite=False):
     """Convert checkpoint ``src`` into ``dst`` (format from its extension) in ``layout``.
 
     ``layout`` is native (the destination framework's own names), timm or mindcv;
     ``with_optimizer`` carries SGD momentum, epoch and step; ``recipe`` (name or path)
     says how the trainer grouped parameters, for PyTorch optimizer state written from a
-    MindSpore file or read from one with several groups. Returns a ``Report``.
+    MindSpore file or read from one with several groups; ``allow_nonfinite`` converts NaN
+    and Inf values with a warning instead of refusing them. Returns a ``Report``.
     """
     start = time.perf_counter()
     if layout not in LAYOUTS:
         raise CheckpointError(f"unknown layout '{layout}' (choose from: {', '.join(LAYOUTS)})")
-    dst_format = ckpt.format_of(dst)
-    raw = ckpt.read(src)
+    dst_format = formats.format_of(dst)
+    raw = formats.read(src)
     scheme = detect_scheme(raw.tensors, str(src))
     spec = detect_model(raw, scheme, model)
-    weights, tracked = ckpt.canonical_tensors(raw, spec, scheme)
+    weights, tracked = canonical_tensors(raw, spec, scheme, allow_nonfinite)
     momentum = scalars = None
     dst_scheme = scheme_for(layout, dst_format)
     if with_optimizer:
-        canonical_momentum, scalars = train_state(raw, spec, scheme, recipe)
+        canonical_momentum, scalars = train_state(raw, spec, scheme, recipe, allow_nonfinite)
         momentum, scalars = _renamed(spec, dst_scheme, canonical_momentum, scalars)
     out = layout_tensors(spec, dst_scheme, weights, tracked)
-    ckpt.write(dst, out, momentum, scalars)
+    formats.write(dst, out, momentum, scalars)
     note = ""
     if with_optimizer and dst_format == "torch" and raw.format != "torch" and not scalars.get("recipe"):
         note = " (one SGD param group: pass --recipe to group parameters as the trainer does)"
@@ -286,20 +357,14 @@ def convert(src, dst, model=None, layout="native", with_optimizer=False, recipe=
 
 def export(spec, tensors, dst, layout="native", tracked=None, momentum=None, scalars=None):
     """Write a canonical state of ``spec`` (and optionally optimizer state) to ``dst`` in ``layout``."""
-    dst_scheme = scheme_for(layout, ckpt.format_of(dst))
-    expected = {name: shape for name, shape, _, _ in tensor_specs(spec)}
-    missing = [n for n in expected if n not in tensors]
-    unexpected = [n for n in tensors if n not in expected]
-    bad = [f"{n} {tuple(np.shape(tensors[n]))} vs {expected[n]}" for n in expected
-           if n in tensors and tuple(np.shape(tensors[n])) != expected[n]]
-    if missing or unexpected or bad:
-        raise CheckpointError(f"export of '{spec.name}': {describe_mismatch(missing, unexpected, bad)}")
+    dst_scheme = scheme_for(layout, formats.format_of(dst))
+    check_state({name: shape for name, shape, _, _ in tensor_specs(spec)}, tensors, f"export of '{spec.name}'")
     out = layout_tensors(spec, dst_scheme, tensors, tracked)
     if momentum is not None:
         scalars = dict(scalars or {})
         scalars.setdefault("groups", [(dict(SGD_DEFAULTS), list(momentum))])
         momentum, scalars = _renamed(spec, dst_scheme, momentum, scalars)
-    ckpt.write(dst, out, momentum, scalars)
+    formats.write(dst, out, momentum, scalars)
     return dst
 
 

@@ -11,6 +11,7 @@ from typing import Literal, Optional, Tuple
 
 from .errors import SpecError
 from .plan import build_plan
+from .tree import count_params
 from .typed import build, load_yaml, to_dict
 
 
@@ -142,6 +143,8 @@ LIMITS = {"num_classes": 100_000, "input.in_chans": 64, "input.size": 4096, "ste
           "stages.depths": 256, "stages.count": 16, "stages.channels": 8192, "stages.groups": 1024,
           "stages.base_width": 1024, "sk.branches": 8, "sk.branches.kernel_size": 15,
           "sk.branches.dilation": 16, "sk.rd_divisor": 1024, "sk.min_width": 8192}
+# 40x SKNet-101's 48.7M; the whole network's count, from the plan, before any tensor exists.
+MAX_PARAMS = 2_000_000_000
 
 
 def _check(spec):
@@ -227,6 +230,9 @@ def _check(spec):
         within("sk.min_width", spec.sk.min_width)
     # Channel arithmetic (widths, groups, the split input) is checked where it is done.
     build_plan(spec)
+    # Each value within its bound can still multiply into a network no machine holds.
+    params = count_params(spec)
+    need(params <= MAX_PARAMS, "stages", f"describes {params:,} parameters, more than the limit of {MAX_PARAMS:,}")
 
 
 def from_dict(data, source=""):

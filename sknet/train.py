@@ -3,14 +3,14 @@
 The same command trains in one process, under ``torchrun --nproc_per_node=N -m sknet.train``
 (PyTorch DistributedDataParallel) and under ``msrun --worker_num=N --local_worker_num=N
 --join=True python -m sknet.train ... --backend mindspore`` (MindSpore data parallel).
-Each worker prints a one-line reason and exits 1 if the run cannot go on.
+Exit statuses follow sknet.exits, as ``sknet train``: 2 for bad input, 1 (with a one-line
+reason naming the last good checkpoint) for a run that fails while running.
 """
 import argparse
-import os
 import sys
 
-from .errors import SKNetError
-from .trainer_common import Options
+from .exits import run_command
+from .training import Options
 
 
 def add_arguments(p):
@@ -32,16 +32,15 @@ def add_arguments(p):
 
 
 def parse_sets(items):
-    import yaml
-
     from .errors import SKNetError
+    from .typed import parse_value
 
     out = []
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SKNetError(f"--set {item}: expected KEY=VALUE (e.g. optimizer.lr=0.05)")
-        out.append((key.strip(), yaml.safe_load(value)))
+        out.append((key.strip(), parse_value(value, key.strip())))
     return tuple(out)
 
 
@@ -52,41 +51,30 @@ def options(args):
                    sets=parse_sets(args.sets))
 
 
+def run(args):
+    """Train what the parsed command line asks for: the body of both ``sknet train`` and this module."""
+    train(options(args))
+    return 0
+
+
 def train(opts, step_hook=None):
     """Run ``opts`` on its backend in this process; returns the last epoch's metrics row (rank 0)."""
+    import importlib
+
     from . import backend_module
+    from .training.loop import run
 
     # The backend package first: it sets its framework's environment (sknet.backends.mindspore).
     backend_module(opts.backend)
-    if opts.backend == "torch":
-        from sknet.backends.torch.train import run
-    else:
-        from sknet.backends.mindspore.train import run
-    return run(opts, step_hook=step_hook)
-
-
-def rank_label():
-    for key in ("RANK", "RANK_ID"):
-        if key in os.environ:
-            return f"rank {os.environ[key]}: "
-    return ""
+    adapter = importlib.import_module(f"sknet.backends.{opts.backend}.train")
+    return run(opts, adapter, step_hook=step_hook)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sknet.train", description=__doc__.splitlines()[0])
     add_arguments(p)
     args = p.parse_args(argv)
-    try:
-        train(options(args))
-    except SKNetError as err:
-        text = str(err)
-        prefix = "" if text.startswith("rank ") else rank_label()
-        print(f"sknet.train: error: {prefix}{text}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("sknet.train: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_command("sknet.train", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -313,7 +313,7 @@ def test_cli_unreadable_image_is_named(tmp_path, capsys):
 
 
 def test_cli_reads_a_checkpoint(photos, tmp_path, capsys, torch):
-    pytest.importorskip("sknet.checkpoint")  # the conversion issue's reader
+    pytest.importorskip("sknet.formats")  # the conversion issue's reader
     from sknet.backends.torch.attention import capture
 
     spec = get_spec("sknet_small")

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import ALL_MODELS, images
 from sknet import get_spec
-from sknet import checkpoint as ckpt
+from sknet import formats
 from sknet.cli import main
-from sknet.convert import convert, detect_model, export, layout_tensors
+from sknet.convert import convert, detect_model, export, layout_tensors, read_canonical
 from sknet.errors import CheckpointError
 from sknet.layouts import detect_scheme, entries
 from sknet.params import init_state, tensor_specs
@@ -109,7 +109,7 @@ def test_scheme_and_model_are_detected_for_every_shipped_model(name):
     spec = get_spec(name)
     state = random_state(spec)
     for scheme in ("torch", "mindspore", "mindcv"):
-        raw = ckpt.RawCheckpoint("mem", "safetensors", layout_tensors(spec, scheme, state))
+        raw = formats.RawCheckpoint("mem", "safetensors", layout_tensors(spec, scheme, state))
         assert detect_scheme(raw.tensors) == scheme
         found = detect_model(raw, scheme)
         assert [e.name for e in entries(found, scheme)] == list(raw.tensors)
@@ -121,7 +121,7 @@ def test_scheme_and_model_are_detected_for_every_shipped_model(name):
 
 def test_a_fine_tuned_head_and_stem_are_fitted():
     spec = get_spec("skresnet18").replace(num_classes=10, in_chans=1)
-    raw = ckpt.RawCheckpoint("mem", "torch", layout_tensors(spec, "torch", random_state(spec)))
+    raw = formats.RawCheckpoint("mem", "torch", layout_tensors(spec, "torch", random_state(spec)))
     found = detect_model(raw, "torch")
     assert (found.name, found.num_classes, found.input.in_chans) == ("skresnet18", 10, 1)
 
@@ -139,10 +139,10 @@ def test_round_trip_bit_exact_torch_safetensors_every_layout(name, tmp_path, tor
     convert(tmp_path / "native.safetensors", tmp_path / "mindcv.safetensors", layout="mindcv")
     convert(tmp_path / "mindcv.safetensors", tmp_path / "b.pth", layout="timm")
     # safetensors stores names sorted; the set is mindcv's.
-    assert sorted(ckpt.read(tmp_path / "mindcv.safetensors").tensors) == sorted(e.name for e in entries(spec, "mindcv"))
-    same_state(state, ckpt.read_canonical(tmp_path / "native.safetensors", spec))
-    same_state(state, ckpt.read_canonical(tmp_path / "mindcv.safetensors", spec))
-    same_state(ckpt.read(src).tensors, ckpt.read(tmp_path / "b.pth").tensors)
+    assert sorted(formats.read(tmp_path / "mindcv.safetensors").tensors) == sorted(e.name for e in entries(spec, "mindcv"))
+    same_state(state, read_canonical(tmp_path / "native.safetensors", spec))
+    same_state(state, read_canonical(tmp_path / "mindcv.safetensors", spec))
+    same_state(formats.read(src).tensors, formats.read(tmp_path / "b.pth").tensors)
 
 
 # MindSpore's .ckpt on one model per kind of tree: basic blocks without a max-pool, timm's
@@ -160,20 +160,20 @@ def test_round_trip_bit_exact_through_mindspore_every_layout(name, tmp_path, tor
     convert(tmp_path / "mindcv.ckpt", tmp_path / "timm.ckpt", model=name, layout="timm")
     convert(tmp_path / "timm.ckpt", tmp_path / "m.safetensors", model=name, layout="mindcv")
     convert(tmp_path / "m.safetensors", tmp_path / "b.pth", model=name)
-    names = ckpt.read(tmp_path / "native.ckpt").tensors
+    names = formats.read(tmp_path / "native.ckpt").tensors
     assert list(names) == [e.name for e in entries(spec, "mindspore")]
     for f in ("native.ckpt", "mindcv.ckpt", "timm.ckpt", "m.safetensors", "b.pth"):
-        same_state(state, ckpt.read_canonical(tmp_path / f, spec))
+        same_state(state, read_canonical(tmp_path / f, spec))
     # num_batches_tracked survives where the layout has it (timm names, even in a .ckpt) ...
-    timm = ckpt.read(tmp_path / "timm.ckpt").tensors
-    back = ckpt.read(tmp_path / "b.pth").tensors
+    timm = formats.read(tmp_path / "timm.ckpt").tensors
+    back = formats.read(tmp_path / "b.pth").tensors
     bn = next(iter(tracked))
-    assert int(ckpt.read(src).tensors[f"{bn}.num_batches_tracked"]) == tracked[bn]
+    assert int(formats.read(src).tensors[f"{bn}.num_batches_tracked"]) == tracked[bn]
     # ... and MindSpore's and mindcv's names have no place for it: it restarts at 0.
     assert int(timm[f"{bn}.num_batches_tracked"]) == 0 == int(back[f"{bn}.num_batches_tracked"])
     direct = tmp_path / "direct.safetensors"
     convert(src, direct, model=name)
-    assert int(ckpt.read(direct).tensors[f"{bn}.num_batches_tracked"]) == tracked[bn]
+    assert int(formats.read(direct).tensors[f"{bn}.num_batches_tracked"]) == tracked[bn]
     if spec.name == "tiny_bottleneck":  # not registered: found only when named
         with pytest.raises(CheckpointError, match="fits no registered model.*pass --model"):
             convert(src, tmp_path / "x.ckpt")
@@ -189,7 +189,7 @@ def test_a_cell_saved_by_mindspore_itself_converts(tmp_path, torch, pynative):
     ms.save_checkpoint(net, str(tmp_path / "own.ckpt"))
     report = convert(tmp_path / "own.ckpt", tmp_path / "own.pth")
     assert report.model == "sknet_small" and report.src_scheme == "mindspore"
-    same_state(bm.to_canonical(net), ckpt.read_canonical(tmp_path / "own.pth", spec))
+    same_state(bm.to_canonical(net), read_canonical(tmp_path / "own.pth", spec))
 
 
 # ---------------------------------------------------------------- equal outputs
@@ -241,7 +241,7 @@ def test_mindcv_layout_file_gives_the_same_outputs_on_both_backends(tmp_path, to
     spec = get_spec("mindcv_skresnet18")
     state = trained_like_state(spec, 6)
     mindcv_file = export(spec, state, tmp_path / "mindcv.ckpt", layout="mindcv")
-    assert "classifier.weight" in ckpt.read(mindcv_file).tensors
+    assert "classifier.weight" in formats.read(mindcv_file).tensors
     # The cell mindcv's weights describe (test_backends checks the tree), with create_model's speed-ups.
     reference = bm.build(spec)
     bm.load_canonical(reference, state)
@@ -322,7 +322,7 @@ def test_grouped_optimizer_state_round_trips_and_resumes_identically(named, tmp_
     assert ("param_names" in opt.state_dict()["param_groups"][0]) == named
     assert len(opt.param_groups) == 2  # ids are then not model.parameters() order
     convert(src, tmp_path / "train.ckpt", with_optimizer=True)
-    raw = ckpt.read(tmp_path / "train.ckpt")
+    raw = formats.read(tmp_path / "train.ckpt")
     assert raw.scalars["epoch"] == 1 and raw.scalars["step"] == 2
     buffers = {n: opt.state[p]["momentum_buffer"].numpy() for n, p in model.named_parameters()}
     ms_names = {e.canonical: e.name for e in entries(spec, "mindspore")}
@@ -440,10 +440,10 @@ def test_truncated_file(fmt, small_file, tmp_path, capsys):
 
 def _edited(small_file, tmp_path, edit):
     spec, src = small_file
-    tensors = ckpt.read(src).tensors
+    tensors = formats.read(src).tensors
     edit(tensors)
     path = tmp_path / "edited.safetensors"
-    ckpt.write(path, tensors)
+    formats.write(path, tensors)
     return path
 
 
@@ -534,7 +534,7 @@ def test_a_failed_write_leaves_the_old_destination_and_no_temp_file(small_file, 
         Path(tmp).write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ckpt, "_write_safetensors", half_then_fail)
+    monkeypatch.setattr(formats.safetensors, "write", half_then_fail)
     with pytest.raises(KeyboardInterrupt):
         convert(src, dst)
     assert dst.read_bytes() == b"previous"
@@ -552,7 +552,7 @@ def test_training_checkpoint_layouts_of_timm_and_ddp_are_found(tmp_path, torch):
     """Weights nested under state_dict / model / state_dict_ema, with DDP's 'module.' prefix."""
     spec = get_spec("sknet_small")
     state = random_state(spec, 4)
-    plain = ckpt.read(export(spec, state, tmp_path / "plain.pth")).tensors
+    plain = formats.read(export(spec, state, tmp_path / "plain.pth")).tensors
     nested = {k: torch.from_numpy(v) for k, v in plain.items()}
     ddp = {f"module.{k}": v for k, v in nested.items()}
     for i, obj in enumerate([{"epoch": 3, "arch": "sknet_small", "state_dict": ddp, "optimizer": {}},
@@ -560,7 +560,7 @@ def test_training_checkpoint_layouts_of_timm_and_ddp_are_found(tmp_path, torch):
                              {"state_dict_ema": nested, "metric": 0.5}]):
         torch.save(obj, tmp_path / f"{i}.pth")
         convert(tmp_path / f"{i}.pth", tmp_path / f"{i}.safetensors")
-        same_state(state, ckpt.read_canonical(tmp_path / f"{i}.safetensors", spec))
+        same_state(state, read_canonical(tmp_path / f"{i}.safetensors", spec))
 
 
 def test_ckpt_reader_agrees_with_mindspores_own_loader(tmp_path, ms):
@@ -574,7 +574,7 @@ def test_ckpt_reader_agrees_with_mindspores_own_loader(tmp_path, ms):
         ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in arrays.items()], path,
                            append_dict={"epoch": 3, "step": 7, "note": "hello"}, crc_check=crc)
         theirs = ms.load_checkpoint(path)
-        ours = ckpt.read(path)
+        ours = formats.read(path)
         assert ours.scalars["epoch"] == int(theirs["epoch"].asnumpy()) == 3
         assert ours.scalars["step"] == 7 and ours.scalars["note"] == theirs["note"] == "hello"
         assert list(ours.tensors) == list(arrays)
@@ -585,7 +585,7 @@ def test_ckpt_reader_agrees_with_mindspores_own_loader(tmp_path, ms):
 
 def test_a_missing_package_is_one_line_and_writes_nothing(small_file, tmp_path, capsys, monkeypatch):
     _, src = small_file
-    monkeypatch.setitem(ckpt.NEEDS, "mindspore", ("no_such_package_for_this_test", "mindspore"))
+    monkeypatch.setitem(formats.NEEDS, "mindspore", ("no_such_package_for_this_test", "mindspore"))
     dst = tmp_path / "dst.ckpt"
     rc, err = cli(capsys, src, dst)
     assert_refused(rc, err, dst, "writing a MindSpore file needs the 'no_such_package_for_this_test' package",
@@ -619,7 +619,7 @@ def test_a_mindspore_run_without_recipe_needs_recipe_for_torch_groups(tmp_path, 
     decayed = two["optimizer"]["param_groups"][0]["param_names"]
     assert decayed == [n for n, _, k, t in tensor_specs(spec) if t and k != "bn" and n.endswith(".weight")]
     assert {kinds[n] for n in two["optimizer"]["param_groups"][1]["param_names"]} <= {"bn", "linear"}
-    moments = ckpt.read(tmp_path / "run.ckpt").optimizer
+    moments = formats.read(tmp_path / "run.ckpt").optimizer
     for group in two["optimizer"]["param_groups"]:
         for pid, name in zip(group["params"], group["param_names"]):
             kind = next(e for e in entries(spec, "torch") if e.name == name)

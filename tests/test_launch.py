@@ -78,7 +78,7 @@ def test_msrun_two_workers_hold_identical_weights(tmp_path):
     import numpy as np
 
     from sknet import get_spec
-    from sknet.checkpoint import read_canonical
+    from sknet.convert import read_canonical
     from sknet.params import init_state
 
     spec = get_spec("sknet_small")

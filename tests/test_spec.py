@@ -38,6 +38,14 @@ BAD_SPECS = [
     ("bad literal", lambda d: d["stem"]["pool"].update(padding="valid"), "'stem.pool.padding': expected one of"),
     ("missing name", lambda d: d.pop("name"), "'name': required key is missing"),
     ("bool as int", lambda d: d.update(num_classes=True), "'num_classes': expected int, got True"),
+    # Bounds checked before anything is sized from the value (a depth of 10^9 used to loop for hours).
+    ("huge depth", lambda d: d["stages"].update(depths=[2, 10 ** 9, 2, 2]),
+     "'stages.depths[1]': must be at most 256, got 1000000000"),
+    ("huge width", lambda d: d["stages"].update(channels=[64, 128, 256, 10 ** 5]),
+     "'stages.channels[3]': must be at most 8192, got 100000"),
+    ("huge input", lambda d: d["input"].update(size=10 ** 6), "'input.size': must be at most 4096"),
+    ("too many parameters", lambda d: d["stages"].update(channels=[8192] * 4, depths=[64] * 4),
+     "parameters, more than the limit of 2,000,000,000"),
 ]
 
 

@@ -16,7 +16,7 @@ os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 from sknet.recipe import load_recipe  # noqa: E402
 from sknet.registry import RECIPE_DIR  # noqa: E402
 from sknet.schedule import learning_rates  # noqa: E402
-from sknet.trainer_common import FAULT_ENV, Options  # noqa: E402
+from sknet.training import FAULT_ENV, Options  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FASHION = Path(os.environ.get("SKNET_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
@@ -208,6 +208,37 @@ def test_run_folder_contents(tmp_path, whole):
     assert (out / "best.pth").is_file()
     bad = subprocess.run(train_cmd(recipe, "torch", tmp_path / "x", "--resume", str(tmp_path / "nope.pth")),
                          env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1
+    # Bad input, found before training starts: exit 2 by the one rule of sknet.exits (was 1).
+    assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].endswith("nope.pth: no such file")
     assert not list(tmp_path.glob("x/*.pth"))
+
+
+@pytest.mark.parametrize("how", ["error", "sigterm"])
+def test_failure_mid_run_is_status_1_naming_the_last_checkpoint(tmp_path, how):
+    """An error raised or a SIGTERM received while training is a RunFailed (exit 1), not bad input."""
+    import signal
+
+    from sknet.errors import SKNetError
+    from sknet.exits import exit_status
+    from sknet.train import train
+    from sknet.training import RunFailed
+
+    def hook(step, model, optimizer):
+        if step == 2:
+            if how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise SKNetError("disk went away")
+
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "run"
+    opts = Options(recipe=tiny_recipe(tmp_path), backend="torch", out=str(out), subset=96, val_subset=100,
+                   ckpt_every=1, quiet=True)
+    with pytest.raises(RunFailed) as info:
+        train(opts, step_hook=hook)
+    assert exit_status(info.value) == 1
+    text = str(info.value)
+    assert text.startswith("rank 0: ") and "\n" not in text
+    assert ("SIGTERM" in text) == (how == "sigterm") and ("disk went away" in text) == (how == "error")
+    assert text.endswith(f"last good checkpoint: {out / 'last.pth'} (step 1)")
+    assert signal.getsignal(signal.SIGTERM) is before

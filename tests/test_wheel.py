@@ -45,6 +45,7 @@ def test_wheel_carries_specs_recipes_and_no_top_level_backends(wheel):
     assert "sknet/configs/models/skresnet18.yaml" in names
     assert "sknet/configs/recipes/fashion_mnist_small.yaml" in names
     assert "sknet/backends/torch/model.py" in names and "sknet/backends/mindspore/model.py" in names
+    assert "sknet/training/loop.py" in names and "sknet/exits.py" in names
     assert not [n for n in names if n.startswith(("backends/", "configs/", "tests/"))]
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     numpy_pins = [line for line in meta.splitlines() if line.startswith("Requires-Dist: numpy")]

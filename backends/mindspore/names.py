@@ -6,7 +6,7 @@ here; every other name is the canonical one. This is the only place that says so
 import mindspore as ms
 import numpy as np
 
-from sknet.errors import CheckpointError, describe_mismatch
+from sknet.statecheck import check_state
 from sknet.layouts import MS_BN as BN_NAMES
 from sknet.params import tensor_specs
 
@@ -43,12 +43,7 @@ def load_canonical(net, tensors):
     """Copy canonical arrays into ``net``; mismatched names or shapes raise CheckpointError."""
     params = _params(net)
     mapping = name_map(net.spec)
-    missing = [c for c in mapping if c not in tensors]
-    unknown = [m for m in params if m not in set(mapping.values())]
-    bad = [f"{c} {tuple(np.shape(tensors[c]))} vs {tuple(params[m].shape)}"
-           for c, m in mapping.items() if c in tensors and tuple(np.shape(tensors[c])) != tuple(params[m].shape)]
-    if missing or unknown or bad:
-        raise CheckpointError(describe_mismatch(missing, unknown, bad))
+    check_state({c: tuple(params[m].shape) for c, m in mapping.items()}, tensors)
     for c, m in mapping.items():
         params[m].set_data(ms.Tensor(np.ascontiguousarray(tensors[c], dtype=np.float32)))
     return net

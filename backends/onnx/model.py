@@ -7,7 +7,8 @@ in inference mode, with BN as BatchNormalization nodes or folded into the convs.
 import numpy as np
 import onnx
 
-from sknet.errors import CheckpointError, SKNetError, describe_mismatch
+from sknet.errors import SKNetError
+from sknet.statecheck import check_state
 from sknet.params import init_state, tensor_specs
 from sknet.plan import build_plan
 
@@ -22,13 +23,7 @@ INPUT, OUTPUT = "input", "logits"
 
 def check_tensors(spec, tensors):
     """CheckpointError naming missing, unexpected and misshapen tensors of a canonical state."""
-    expected = {name: tuple(shape) for name, shape, _, _ in tensor_specs(spec)}
-    missing = [k for k in expected if k not in tensors]
-    extra = [k for k in tensors if k not in expected]
-    bad = [f"{k} {tuple(np.shape(tensors[k]))} vs {expected[k]}"
-           for k in expected if k in tensors and tuple(np.shape(tensors[k])) != expected[k]]
-    if missing or extra or bad:
-        raise CheckpointError(describe_mismatch(missing, extra, bad))
+    check_state({name: tuple(shape) for name, shape, _, _ in tensor_specs(spec)}, tensors)
 
 
 def check_opset(opset):

@@ -6,7 +6,7 @@ it only matters when BN momentum is None (cumulative averaging), never in our sp
 import numpy as np
 import torch
 
-from sknet.errors import CheckpointError, describe_mismatch
+from sknet.statecheck import check_state
 from sknet.params import tensor_specs
 
 TRACKED = "num_batches_tracked"
@@ -30,14 +30,7 @@ def from_canonical(spec, tensors, tracked=0):
 
 def load_canonical(model, tensors, tracked=0):
     """Copy canonical arrays into ``model``; mismatched keys or shapes raise CheckpointError."""
-    own = model.state_dict()
-    state = from_canonical(model.spec, tensors, tracked)
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
-    bad = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-           for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or extra or bad:
-        raise CheckpointError(describe_mismatch(missing, extra, bad))
-    model.load_state_dict(state)
+    check_state({k: v.shape for k, v in model.state_dict().items() if not k.endswith(TRACKED)}, tensors)
+    model.load_state_dict(from_canonical(model.spec, tensors, tracked))
     return model
 

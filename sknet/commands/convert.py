@@ -15,12 +15,15 @@ def add_arguments(p):
                    help="also convert SGD momentum buffers, epoch and step of a training checkpoint")
     p.add_argument("--recipe", help="with --with-optimizer: the run's recipe, to group PyTorch SGD "
                                     "parameters as the trainer does (MindSpore files do not record it)")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="convert NaN/Inf values with a warning instead of refusing the file")
 
 
 def run(args):
     from ..convert import convert
 
     report = convert(args.src, args.dst, model=args.model, layout=args.layout,
-                     with_optimizer=args.with_optimizer, recipe=args.recipe)
+                     with_optimizer=args.with_optimizer, recipe=args.recipe,
+                     allow_nonfinite=args.allow_nonfinite)
     print(report)
     return 0

@@ -5,11 +5,10 @@ the framework it came from (the spec-built graph: with every installed framework
 it is written; a failing export writes nothing.
 """
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
+from ..atomic import atomic_write
 from ..errors import SKNetError
 
 HELP = "export a model (with a checkpoint's weights) to ONNX, checked in onnxruntime"
@@ -37,26 +36,6 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
-def write_atomic(path, data):
-    """Write ``data`` to a temporary file in ``path``'s folder, then rename it over ``path``."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise SKNetError(f"{path}: folder '{folder}' does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's files are private; give the mode open() would
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def run(args):
     import onnx
 
@@ -70,7 +49,7 @@ def run(args):
         raise SKNetError(f"--batch must be >= 1, got {args.batch}")
     spec = get_spec(args.model, num_classes=args.num_classes, in_chans=args.in_chans)
     if args.checkpoint:
-        from ..checkpoint import read_canonical
+        from ..convert import read_canonical
 
         tensors = read_canonical(args.checkpoint, spec)
     else:
@@ -90,7 +69,8 @@ def run(args):
         worst = ", ".join(f"{b} {e:.2e}" for b, e in failed.items())
         raise SKNetError(f"the {args.via} export disagrees with {worst} (relative, tolerance {args.tol:g}); "
                          f"nothing written to {args.output}")
-    write_atomic(args.output, model.SerializeToString())
+    data = model.SerializeToString()
+    atomic_write(args.output, lambda tmp: Path(tmp).write_bytes(data))
     try:
         stats = graph_stats(model)
     except Exception:  # shape inference may not see through every exporter's graph; counts are extras

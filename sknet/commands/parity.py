@@ -57,7 +57,7 @@ def run(args):
     size = args.size or spec.input.size
     state = ms_state = None
     if args.checkpoint or args.mindspore_checkpoint:
-        from ..checkpoint import read_canonical
+        from ..convert import read_canonical
         from ..params import init_state
 
         state = (read_canonical(args.checkpoint, spec) if args.checkpoint

@@ -13,7 +13,6 @@ def add_arguments(p):
 
 
 def run(args):
-    from ..train import options, train
+    from ..train import run as train_run
 
-    train(options(args))
-    return 0
+    return train_run(args)

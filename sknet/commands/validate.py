@@ -1,7 +1,7 @@
 """Top-1/top-5 of a checkpoint on a recipe's validation split, on either backend.
 
 The checkpoint may come from either backend (or timm/mindcv): it is read through
-``sknet.checkpoint.read_canonical`` and loaded into a model built for ``--backend``,
+``sknet.convert.read_canonical`` and loaded into a model built for ``--backend``,
 so a PyTorch checkpoint validates on MindSpore and the reverse without a separate
 conversion step.
 """
@@ -19,6 +19,8 @@ def add_arguments(p):
     p.add_argument("--subset", type=int, help="only the first N validation images")
     p.add_argument("--batch-size", type=int, help="default: the recipe's eval_batch_size")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="evaluate weights holding NaN/Inf (warned) instead of refusing the file")
 
 
 def predictor(backend, spec, tensors, device):
@@ -52,18 +54,19 @@ def predictor(backend, spec, tensors, device):
     return lambda x: module.run(proto, x)
 
 
-def validate(recipe_name, checkpoint, backend="torch", device=None, subset=None, batch_size=None):
+def validate(recipe_name, checkpoint, backend="torch", device=None, subset=None, batch_size=None,
+             allow_nonfinite=False):
     """{'top1', 'top5', 'loss', 'n', ...} of ``checkpoint`` on the recipe's validation split."""
-    from ..checkpoint import read_canonical
+    from ..convert import read_canonical
     from ..data import build_dataset
     from ..recipe import load_recipe
-    from ..trainer_common import eval_batches, softmax_xent_sum, topk_correct
+    from ..training.evaluation import eval_batches, softmax_xent_sum, topk_correct
 
     import numpy as np
 
     recipe = load_recipe(recipe_name)
     spec = recipe.model_spec()
-    tensors = read_canonical(checkpoint, spec)
+    tensors = read_canonical(checkpoint, spec, allow_nonfinite)
     val = build_dataset(recipe, spec, "val")
     if subset:
         val = val.subset(subset)
@@ -83,7 +86,8 @@ def validate(recipe_name, checkpoint, backend="torch", device=None, subset=None,
 
 
 def run(args):
-    res = validate(args.recipe, args.checkpoint, args.backend, args.device, args.subset, args.batch_size)
+    res = validate(args.recipe, args.checkpoint, args.backend, args.device, args.subset, args.batch_size,
+                   args.allow_nonfinite)
     if args.json:
         print(json.dumps(res))
     else:

@@ -1,0 +1,17 @@
+"""Whole batches by index, for the backends' data loaders (their workers build batches, in order)."""
+import numpy as np
+
+
+class BatchSource:
+    """Item k is the k-th batch of a fixed list as (float32 NCHW, labels): random access, in order."""
+
+    def __init__(self, dataset, batches, epoch, label_dtype=np.int64):
+        self.dataset, self.batches, self.epoch = dataset, batches, epoch
+        self.label_dtype = label_dtype
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, k):
+        x, y = self.dataset.batch(self.batches[k], self.epoch)
+        return x, y.astype(self.label_dtype, copy=False)
