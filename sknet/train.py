@@ -7,7 +7,6 @@ Exit statuses follow sknet.exits, as ``sknet train``: 2 for bad input, 1 (with a
 reason naming the last good checkpoint) for a run that fails while running.
 """
 import argparse
-import os
 import sys
 
 from .exits import run_command
@@ -65,18 +64,10 @@ def train(opts, step_hook=None):
     from . import backend_module
     from .training.loop import run
 
-    if opts.backend == "mindspore":
-        prepare_mindspore()
+    # The backend package first: it sets its framework's environment (sknet.backends.mindspore).
     backend_module(opts.backend)
     adapter = importlib.import_module(f"sknet.backends.{opts.backend}.train")
     return run(opts, adapter, step_hook=step_hook)
-
-
-def prepare_mindspore():
-    # oneDNN's AVX-512 convolution for MindSpore's plain NCHW tensors is a reference loop here
-    # (~60x slower than its AVX2 GEMM path); must be set before MindSpore loads oneDNN.
-    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-    os.environ.setdefault("GLOG_v", "3")
 
 
 def main(argv=None):

@@ -119,3 +119,81 @@ def test_same_padded_pool_matches_mindspore(torch, pynative):
     with torch.no_grad():
         other = sym.eval()(torch.from_numpy(images(spec, 2, size=64))).numpy()
     assert np.abs(other - ref).max() > 1e-3 * np.abs(ref).max()
+
+
+ENTRY_POINTS = r"""
+import json, sys
+import numpy as np
+if sys.argv[1] == "ms-first":
+    import mindspore  # the user's own import, before the backend's
+import sknet
+from sknet import get_spec
+from sknet.params import init_state
+
+spec = get_spec("sknet_small")
+tensors = init_state(spec, 0)
+net = sknet.create_model(spec, backend="mindspore")
+import sknet.backends.mindspore as bm
+from sknet.backends.mindspore import model, probe
+
+built = {}
+for mod in (model, probe):
+    def record(net, options, inner=mod.accelerate):
+        built[entry] = options
+        return inner(net, options)
+    mod.accelerate = record
+entry = "create_model"
+sknet.create_model(spec, backend="mindspore")
+entry = "train"
+from sknet.backends.mindspore.train import build_net
+build_net(spec, 0, "CPU")
+entry = "validate"
+from sknet.commands.validate import predictor
+predictor("mindspore", spec, tensors, "cpu")
+entry = "parity"
+probe.build(spec, tensors)
+entry = "export reference"
+from sknet.backends.onnx.exporters import reference_logits
+reference_logits("mindspore", spec, tensors, np.zeros((1, 1, 28, 28), np.float32))
+print(json.dumps({"built": {k: list(vars(v).values()) for k, v in built.items()},
+                  "resolved": list(vars(bm.resolve_options()).values()), "gemm": type(net.conv1).__name__,
+                  "isa": __import__("os").environ.get("ONEDNN_MAX_CPU_ISA")}))
+"""
+
+
+@pytest.mark.parametrize("isa, order, gemm", [(None, "backend-first", False), ("AVX512_CORE", "backend-first", True),
+                                              ("avx2", "ms-first", False), (None, "ms-first", True)])
+def test_every_mindspore_entry_point_builds_with_the_same_options(isa, order, gemm, ms):
+    """create_model, the trainer, validate, parity and the export check build the same cells in one process.
+
+    oneDNN held to AVX2 (the backend's default, set on import unless MindSpore was imported
+    first): MindSpore's own Conv2D; else the im2col convs. The other rewrites are always on.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+    if isa is not None:
+        env["ONEDNN_MAX_CPU_ISA"] = isa
+    proc = subprocess.run([sys.executable, "-c", ENTRY_POINTS, order], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(out["built"]) == {"create_model", "train", "validate", "parity", "export reference"}
+    assert all(v == out["resolved"] for v in out["built"].values()), out
+    assert out["resolved"] == [gemm, True, True, True]
+    assert out["gemm"] == ("GemmConv2d" if gemm else "Conv2d")
+    # The backend's default only where MindSpore had not loaded (oneDNN reads it once).
+    assert out["isa"] == (isa if isa is not None else ("AVX2" if order == "backend-first" else None))
+
+
+def test_mindspore_create_model_fast_flag(pynative):
+    import sknet
+    from sknet.backends.mindspore import FastOptions, resolve_options
+
+    assert sknet.create_model("sknet_small", "mindspore", fast=False).options == FastOptions.plain()
+    resolved = resolve_options()
+    assert sknet.create_model("sknet_small", "mindspore", fast=True).options == resolved
+    assert sknet.create_model("sknet_small", "mindspore").options == resolved
+    assert sknet.create_model("sknet_small", "onnx", fast=True).spec.name == "sknet_small"

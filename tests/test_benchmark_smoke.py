@@ -58,19 +58,17 @@ def small(name):
     return spec.replace(stages=stages, num_classes=10)
 
 
-def test_mindspore_gemm_convs_match_native(pynative, monkeypatch):
+def test_mindspore_gemm_convs_match_native(pynative):
     import sknet.backends.mindspore as bm
-    from sknet.backends.mindspore.layers import plain_math
+    from sknet.backends.mindspore.fast import FastOptions, GemmConv2d
 
     ms = pynative
-    # Other test modules hold oneDNN to AVX2, where the native conv is chosen instead.
-    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    # Asked for explicitly: where oneDNN is held to AVX2 the resolved options keep the native conv.
     spec = get_spec("sknet_small")
     state = bm.to_canonical(bm.build(spec, seed=4))
-    fast = bm.build(spec)
-    with plain_math():
-        plain = bm.build(spec)
-    assert fast.conv1.gemm and not plain.conv1.gemm
+    fast = bm.build(spec, options=FastOptions(gemm_convs=True))
+    plain = bm.build(spec, options=FastOptions.plain())
+    assert isinstance(fast.conv1, GemmConv2d) and not isinstance(plain.conv1, GemmConv2d)
     for net in (fast, plain):
         bm.load_canonical(net, state)
         net.set_train(False)
@@ -83,7 +81,7 @@ def test_mindspore_gemm_convs_match_native(pynative, monkeypatch):
 def test_mindspore_conv_gemm_gradients(kernel, stride, dilation, size, pynative):
     from mindspore import nn
 
-    from sknet.backends.mindspore.layers import conv_gemm
+    from sknet.backends.mindspore.fast import conv_gemm
 
     ms = pynative
     rng = np.random.default_rng(5)
@@ -105,7 +103,7 @@ def test_mindspore_conv_gemm_gradients(kernel, stride, dilation, size, pynative)
 def test_mindspore_training_pool_matches_maxpool2d(padding, mode, ms):
     from mindspore import nn
 
-    from sknet.backends.mindspore.layers import MaxPool
+    from sknet.backends.mindspore.fast import TrainingMaxPool
     from sknet.spec import PoolSpec
 
     ms.set_device("CPU")
@@ -116,7 +114,7 @@ def test_mindspore_training_pool_matches_maxpool2d(padding, mode, ms):
         x[:, :, :5, :6] = 0.5   # tied positive maxima: the first window position must win
         x[:, 1, 6:, :] = -1.0   # tied negative ones (a pool does not always follow a ReLU)
         g = ms.Tensor(rng.standard_normal((2, 3, 6, 5), dtype=np.float32))
-        pool = MaxPool(PoolSpec(padding=padding))
+        pool = TrainingMaxPool(PoolSpec(padding=padding))
         pool.set_train(True)
         ref_pool = pool.pool  # MindSpore's own nn.MaxPool2d, as inference runs it
 

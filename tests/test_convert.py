@@ -242,7 +242,8 @@ def test_mindcv_layout_file_gives_the_same_outputs_on_both_backends(tmp_path, to
     state = trained_like_state(spec, 6)
     mindcv_file = export(spec, state, tmp_path / "mindcv.ckpt", layout="mindcv")
     assert "classifier.weight" in formats.read(mindcv_file).tensors
-    reference = bm.SKNet(spec)  # the cell mindcv's weights describe (test_backends checks the tree)
+    # The cell mindcv's weights describe (test_backends checks the tree), with create_model's speed-ups.
+    reference = bm.build(spec)
     bm.load_canonical(reference, state)
     reference.set_train(False)
     x = images(spec, 2, size=32)

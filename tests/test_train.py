@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-# MindSpore convolutions take the AVX2 GEMM path of oneDNN (see sknet.train.prepare_mindspore).
+# MindSpore convolutions take the AVX2 GEMM path of oneDNN (see sknet.backends.mindspore).
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
 from sknet.recipe import load_recipe  # noqa: E402

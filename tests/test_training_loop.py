@@ -28,7 +28,6 @@ def methods(cls):
 def adapters():
     pytest.importorskip("torch")
     pytest.importorskip("mindspore")
-    sknet.train.prepare_mindspore()
     from sknet.backends.mindspore import train as ms_train
     from sknet.backends.torch import train as torch_train
 
@@ -45,7 +44,7 @@ def test_both_backends_adapters_have_the_same_methods(adapters, cls, expected):
 
 def test_one_process_world_on_both_backends(adapters):
     # In a fresh process: MindSpore refuses set_device once another test has run a kernel.
-    code = ("import sys, sknet.train, importlib; sknet.train.prepare_mindspore(); "
+    code = ("import sys, importlib; "
             "w = importlib.import_module(f'sknet.backends.{sys.argv[1]}.train').World('cpu', 'cpu'); "
             "print(w.rank, w.size, w.distributed, w.all_sum([1.0, 2])); w.close()")
     for backend in adapters:

@@ -1,15 +1,16 @@
 """Read the SK units' selection weights out of a MindSpore SKNet: PYNATIVE mode only.
 
-A ``SelectiveKernel`` cell stores its last softmax weights and branch outputs in
-``recorded`` while its ``record`` flag is on. Storing a Python attribute from inside
-``construct`` is something only PYNATIVE (eager) execution does; a GRAPH-mode compile
-would drop it. ``capture`` therefore runs its forward pass in PYNATIVE mode, switching the
-context there for the call and back afterwards if the caller was in GRAPH mode.
+Forward hooks on each unit's attention cell (its output: the selection logits, whose
+softmax over the branch axis is the weights) and on its branch cells collect what one
+pass computed; the cells themselves hold no recording state. Hooks run only in PYNATIVE
+(eager) execution, so ``capture`` switches the context there for the call and back
+afterwards if the caller was in GRAPH mode.
 """
 from contextlib import contextmanager
 
 import mindspore as ms
 import numpy as np
+from mindspore import ops
 
 from sknet.attention import Capture
 from sknet.attention import sk_cells as find_sk_cells
@@ -36,28 +37,35 @@ def pynative():
 
 
 @contextmanager
-def recording(net):
-    """Switch ``record`` on for every SK unit; off again (and the records dropped) on exit."""
-    cells = sk_cells(net)
-    for cell in cells.values():
-        cell.record, cell.recorded = True, None
+def hooked(cells, keep_branches):
+    """{unit path: {"logits": ..., branch index: ...}} filled by the next pass; hooks removed on exit."""
+    seen = {path: {} for path in cells}
+    handles = []
+
+    def keep(path, key):
+        return lambda _cell, _inputs, output: seen[path].__setitem__(key, output)
+
+    for path, cell in cells.items():
+        handles.append(cell.attn.register_forward_hook(keep(path, "logits")))
+        if path in keep_branches:
+            handles += [branch.register_forward_hook(keep(path, i)) for i, branch in enumerate(cell.paths)]
     try:
-        yield cells
+        yield seen
     finally:
-        for cell in cells.values():
-            cell.record, cell.recorded = False, None
+        for handle in handles:
+            handle.remove()
 
 
 def capture(net, x, keep_branches=()):
     """Logits and ``{unit path: Capture}`` for the NCHW float32 batch ``x`` (see the torch backend)."""
-    with pynative(), recording(net) as cells:
+    cells = sk_cells(net)
+    with pynative(), hooked(cells, keep_branches) as seen:
         logits = net(ms.Tensor(np.ascontiguousarray(x, dtype=np.float32)))
         out = {}
         for path, cell in cells.items():
-            if cell.recorded is None:
-                raise SKNetError(f"SK unit '{path}' recorded nothing: is the network compiled with jit?")
-            weights, branches = cell.recorded
-            w = weights.asnumpy()
-            kept = [b.asnumpy() for b in branches] if path in keep_branches else None
+            if "logits" not in seen[path]:
+                raise SKNetError(f"SK unit '{path}' ran no attention: is the network compiled with jit?")
+            w = ops.softmax(seen[path]["logits"], axis=1).asnumpy()
+            kept = [seen[path][i].asnumpy() for i in range(cell.num_branches)] if path in keep_branches else None
             out[path] = Capture(w.reshape(w.shape[0], w.shape[1], -1), kept)
     return logits.asnumpy(), out

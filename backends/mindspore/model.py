@@ -1,43 +1,36 @@
-"""Build a MindSpore SKNet from a spec, cell for cell the same tree as the PyTorch backend."""
+"""Build a MindSpore SKNet from its block plan, cell for cell the same tree as the PyTorch backend."""
 from mindspore import nn
 
 from sknet.params import init_state
+from sknet.plan import build_plan
 
-from . import layers
-from .layers import BasicBlock, Bottleneck, Conv2d, batch_norm, max_pool, spatial_sum
-from .names import load_canonical
+from .fast import FastOptions, accelerate, resolve_options
+from .layers import BLOCKS, GlobalAvgPool, batch_norm, conv2d, max_pool
+from .names import load_canonical, name_parameters
 
 
 class SKNet(nn.Cell):
+    """The reference network of ``spec`` (``fast.accelerate`` rewrites it in place)."""
+
     def __init__(self, spec):
         super().__init__()
         self.spec = spec
-        stem = spec.stem
-        self.conv1 = Conv2d(spec.input.in_chans, stem.channels, stem.kernel_size, stem.stride)
-        self.bn1 = batch_norm(stem.channels, spec.norm)
+        plan = build_plan(spec)
+        self.conv1 = conv2d(plan.stem.conv)
+        self.bn1 = batch_norm(plan.stem.conv.out_ch, spec.norm)
         self.act1 = nn.ReLU()
-        self.maxpool = max_pool(stem.pool)
-        block = Bottleneck if spec.block.type == "bottleneck" else BasicBlock
-        inplanes = stem.channels
-        stages = []
-        for i, (depth, planes, stride) in enumerate(
-                zip(spec.stages.depths, spec.stages.channels, spec.stages.strides)):
-            blocks = []
-            for b in range(depth):
-                blocks.append(block(spec, inplanes, planes, stride if b == 0 else 1))
-                inplanes = planes * spec.expansion
-            setattr(self, f"layer{i + 1}", nn.SequentialCell(blocks))
-            stages.append(getattr(self, f"layer{i + 1}"))
+        self.maxpool = max_pool(plan.stem.pool)
+        for stage in plan.stages:
+            setattr(self, stage.name, nn.SequentialCell([BLOCKS[b.type](b, spec.norm) for b in stage.blocks]))
         # GRAPH mode needs a CellList to loop over the stages, but a CellList renames the
         # parameters it holds ('stages.0...'): name them back after the tree they sit in.
-        self.stages = nn.CellList(stages)
-        self.num_features = inplanes
-        self.use_dropout = spec.head.dropout > 0
-        self.drop = nn.Dropout(p=spec.head.dropout) if self.use_dropout else nn.Identity()
-        self.fc = nn.Dense(inplanes, spec.num_classes)
-        self.fast_pool = layers.FAST
-        for name, param in self.parameters_and_names():
-            param.name = name
+        self.stages = nn.CellList([getattr(self, stage.name) for stage in plan.stages])
+        self.num_features = plan.num_features
+        self.use_dropout = plan.dropout > 0
+        self.drop = nn.Dropout(p=plan.dropout) if self.use_dropout else nn.Identity()
+        self.global_pool = GlobalAvgPool()
+        self.fc = nn.Dense(plan.num_features, plan.num_classes)
+        name_parameters(self)
 
     def forward_features(self, x):
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
@@ -46,21 +39,23 @@ class SKNet(nn.Cell):
         return x
 
     def forward_head(self, x):
-        if self.fast_pool:
-            x = spatial_sum(x).reshape(x.shape[0], -1) / (x.shape[2] * x.shape[3])
-        else:
-            x = x.mean(axis=(2, 3))
-        return self.fc(self.drop(x))
+        return self.fc(self.drop(self.global_pool(x)))
 
     def construct(self, x):
         return self.forward_head(self.forward_features(x))
 
 
-def build(spec, seed=0):
-    """A ``mindspore.nn.Cell`` for ``spec``, initialised from ``sknet.params.init_state(spec, seed)``."""
-    net = SKNet(spec)
-    load_canonical(net, init_state(spec, seed))
-    return net
+def build(spec, seed=0, fast=None, options=None):
+    """A ``mindspore.nn.Cell`` for ``spec``, initialised from ``sknet.params.init_state(spec, seed)``.
+
+    Its cells take the speed-ups of ``options`` (``fast.FastOptions``); without it,
+    ``fast=False`` takes none (``FastOptions.plain()``) and None or True those of
+    ``fast.resolve_options()``: every one that pays on this device, what every entry point
+    of this process builds with.
+    """
+    if options is None:
+        options = FastOptions.plain() if fast is False else resolve_options()
+    return accelerate(load_canonical(SKNet(spec), init_state(spec, seed)), options)
 
 
 def count_trainable(net):

@@ -23,6 +23,13 @@ def name_map(spec):
     return {name: ms_name(name, kind) for name, _, kind, _ in tensor_specs(spec)}
 
 
+def name_parameters(net):
+    """Name every parameter of ``net`` after its path in the tree (the canonical one, MindSpore's BN names)."""
+    for name, param in net.parameters_and_names():
+        param.name = name
+    return net
+
+
 def _params(net):
     return {p.name: p for p in net.get_parameters()}
 

@@ -4,37 +4,45 @@ Everything here runs in whichever mode (PYNATIVE or GRAPH) the caller set with
 ``mindspore.set_context``, except ``capture``, whose forward hooks exist only in PYNATIVE.
 Names going in and out are canonical; ``names.name_map`` translates.
 """
+from contextlib import contextmanager
+
 import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-import contextlib
-
 from sknet.plan import pool_out, pool_pads
 
-from . import layers
+from .fast import FastOptions, accelerate, resolve_options
 from .model import SKNet
 from .names import load_canonical, name_map, to_canonical
 
 DTYPES = {"float32": ms.float32, "float16": ms.float16}
 
+# What ``build`` builds with: None for the process's own options (``fast.resolve_options``).
+_OPTIONS = [None]
 
-def build(spec, state, dtype="float32"):
-    net = SKNet(spec)
-    load_canonical(net, state)
+
+def build(spec, state, dtype="float32", options=None):
+    """An ``SKNet`` holding the canonical ``state``, built with ``options`` (default: see ``math``)."""
+    options = options or _OPTIONS[-1]
+    net = accelerate(load_canonical(SKNet(spec), state), resolve_options() if options is None else options)
     if dtype != "float32":
         net.to_float(DTYPES[dtype])
     return net
 
 
+@contextmanager
 def math(fast):
-    """MindSpore's fast CPU paths (``fast``) or its module-by-module math, for cells built inside.
+    """Nets built inside take the process's speed-ups (``fast``) or none (``FastOptions.plain()``).
 
-    The choice is made when a cell is built (the two-branch gate rewrite skips the
-    attention cell), so build inside this context.
+    The choice is made when a cell is built (GRAPH mode freezes what ``construct`` runs),
+    so build inside this context.
     """
-    plain = getattr(layers, "plain_math", None)
-    return contextlib.nullcontext() if fast or plain is None else plain()
+    _OPTIONS.append(None if fast else FastOptions.plain())
+    try:
+        yield
+    finally:
+        _OPTIONS.pop()
 
 
 def forward(net, x, train=False):

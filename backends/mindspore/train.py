@@ -27,15 +27,7 @@ from .names import ms_name, to_canonical
 
 
 def build_net(spec, seed, device):
-    """The model for training or evaluation on ``device``.
-
-    On the CPU with oneDNN held to AVX2 (sknet.train.prepare_mindspore), MindSpore's own
-    Conv2D is about 10x faster than the im2col fast path of sknet.backends.mindspore.layers
-    (measured 0.43 s vs 4.0 s for 100 sknet_small images), so the cells are built plain.
-    """
-    if device == "CPU" and os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2":
-        with layers.plain_math():
-            return build(spec, seed=seed)
+    """The model for training or evaluation: ``build``'s, from the process's one ``FastOptions``."""
     return build(spec, seed=seed)
 
 

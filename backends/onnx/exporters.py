@@ -76,12 +76,9 @@ def from_mindspore(spec, tensors, opset, fuse_bn, dynamic_batch, batch, size):
     if dynamic_batch:
         raise SKNetError("MindSpore's ONNX exporter takes no dynamic shapes ('Export ONNX format model not "
                          "support dynamic shape mode'): export a fixed --batch, or use --via spec or torch")
-    from sknet.backends.mindspore.layers import plain_math
-
     # Module by module: the CPU im2col convs pad with PadV3, which the exporter cannot write,
     # and they are on or off by ONEDNN_MAX_CPU_ISA, so the graph would depend on the environment.
-    with plain_math():
-        net = bm.load_canonical(bm.build(spec), tensors)
+    net = bm.load_canonical(bm.build(spec, options=bm.FastOptions.plain()), tensors)
     net.set_train(False)
     if spec.stem.pool is not None and spec.stem.pool.padding == "symmetric":
         net.maxpool = _exportable_pool(spec.stem.pool)

@@ -2,14 +2,19 @@
 
 Each function appends nodes to a ``GraphBuilder`` and returns the name of the tensor
 it produced. Only operators with the same meaning from opset 13 on are used, and none
-fixes the batch or the image size, so one graph serves any input shape.
+fixes the batch or the image size, so one graph serves any input shape. Every channel
+count, group and branch comes from the block plan (``sknet.plan``).
 """
+from sknet.plan import ConvPlan
+from sknet.tree import role_names
 
 
-def conv(g, path, x, kernel, stride=1, dilation=1, groups=1):
-    pad = dilation * (kernel - 1) // 2
-    return g.node("Conv", [x, g.weight(f"{path}.weight")], path, kernel_shape=[kernel, kernel],
-                  strides=[stride, stride], dilations=[dilation, dilation], pads=[pad] * 4, group=groups)
+
+def conv(g, path, x, c):
+    """The ``ConvPlan`` ``c`` as a Conv node on ``x``."""
+    return g.node("Conv", [x, g.weight(f"{path}.weight")], path, kernel_shape=[c.kernel, c.kernel],
+                  strides=[c.stride, c.stride], dilations=[c.dilation, c.dilation], pads=[c.padding] * 4,
+                  group=c.groups)
 
 
 def batch_norm(g, path, x):
@@ -17,8 +22,8 @@ def batch_norm(g, path, x):
     return g.node("BatchNormalization", [x, *stats], path, epsilon=g.eps)
 
 
-def conv_bn_act(g, path, x, kernel, stride=1, dilation=1, groups=1, act=True):
-    y = batch_norm(g, f"{path}.bn", conv(g, f"{path}.conv", x, kernel, stride, dilation, groups))
+def conv_bn_act(g, path, x, c, act=True):
+    y = batch_norm(g, f"{path}.bn", conv(g, f"{path}.conv", x, c))
     return g.node("Relu", [y], f"{path}.act") if act else y
 
 
@@ -30,30 +35,28 @@ def add_all(g, name, xs):
     return out
 
 
-def sk_attention(g, path, fused, channels, num_branches):
+def sk_attention(g, path, fused, sk):
     """Selection weights (N, M, C, 1, 1): pool, reduce to d with BN-ReLU, expand to M*C, softmax over M."""
     s = g.node("GlobalAveragePool", [fused], f"{path}.pool")
-    z = g.node("Relu", [batch_norm(g, f"{path}.bn", conv(g, f"{path}.fc_reduce", s, 1))], f"{path}.act")
-    logits = conv(g, f"{path}.fc_select", z, 1)
+    reduce, select = ConvPlan(sk.channels, sk.attn_width), ConvPlan(sk.attn_width, sk.channels * sk.num_branches)
+    z = g.node("Relu", [batch_norm(g, f"{path}.bn", conv(g, f"{path}.fc_reduce", s, reduce))], f"{path}.act")
+    logits = conv(g, f"{path}.fc_select", z, select)
     # fc_select's channels [i*C, (i+1)*C) score branch i; 0 keeps the batch dimension as it is.
-    shape = g.ints(f"{path}.shape", [0, num_branches, channels, 1, 1])
+    shape = g.ints(f"{path}.shape", [0, sk.num_branches, sk.channels, 1, 1])
     return g.node("Softmax", [g.node("Reshape", [logits, shape], f"{path}.reshape")], f"{path}.softmax", axis=1)
 
 
-def selective_kernel(g, path, x, spec, cin, cout, stride=1, groups=1):
-    """The SK unit: M dilated conv branches, fused by sum, recombined with per-channel softmax weights."""
-    sk = spec.sk
+def selective_kernel(g, path, x, sk):
+    """The SK unit of the ``SKPlan`` ``sk``: M conv branches, fused by sum, recombined with per-channel softmax weights."""
     m = sk.num_branches
-    groups = min(cout, groups)
     if sk.split_input:
-        split = g.ints(f"{path}.split_sizes", [cin // m] * m)
+        split = g.ints(f"{path}.split_sizes", [sk.branch_in] * m)
         inputs = g.multi("Split", [x, split], f"{path}.split", [f"{path}.split.{i}" for i in range(m)], axis=1)
     else:
         inputs = [x] * m
-    branches = [conv_bn_act(g, f"{path}.paths.{i}", inp, b.kernel_size, stride, b.dilation, groups)
-                for i, (b, inp) in enumerate(zip(sk.branches, inputs))]
+    branches = [conv_bn_act(g, f"{path}.paths.{i}", inp, b) for i, (b, inp) in enumerate(zip(sk.branches, inputs))]
     fused = add_all(g, f"{path}.fuse", branches) if m > 1 else branches[0]
-    weights = sk_attention(g, f"{path}.attn", fused, cout, m)
+    weights = sk_attention(g, f"{path}.attn", fused, sk)
     ones = g.ints(f"{path}.select_sizes", [1] * m)
     parts = g.multi("Split", [weights, ones], f"{path}.attn.split",
                     [f"{path}.attn.weights.{i}" for i in range(m)], axis=1)
@@ -65,28 +68,18 @@ def selective_kernel(g, path, x, spec, cin, cout, stride=1, groups=1):
     return add_all(g, path, selected)
 
 
-def residual(g, path, y, shortcut):
-    return g.node("Relu", [g.node("Add", [y, shortcut], f"{path}.add")], path)
-
-
-def downsample(g, path, x, stride):
-    return batch_norm(g, f"{path}.downsample.1", conv(g, f"{path}.downsample.0", x, 1, stride))
-
-
-def basic_block(g, path, x, spec, inplanes, planes, stride):
-    y = selective_kernel(g, f"{path}.conv1", x, spec, inplanes, planes, stride)
-    y = conv_bn_act(g, f"{path}.conv2", y, 3, act=False)
-    shortcut = x if stride == 1 and inplanes == planes else downsample(g, path, x, stride)
-    return residual(g, path, y, shortcut)
-
-
-def bottleneck(g, path, x, spec, inplanes, planes, stride):
-    width, out = spec.block_width(planes), planes * spec.expansion
-    y = conv_bn_act(g, f"{path}.conv1", x, 1, act=spec.block.first_relu)
-    y = selective_kernel(g, f"{path}.conv2", y, spec, width, width, stride, spec.stages.groups)
-    y = conv_bn_act(g, f"{path}.conv3", y, 1, act=False)
-    shortcut = x if stride == 1 and inplanes == out else downsample(g, path, x, stride)
-    return residual(g, path, y, shortcut)
+def block(g, b, x):
+    """The ``BlockPlan`` ``b``: its parts under timm's module names (``sknet.tree.role_names``), then the residual ReLU."""
+    name = role_names(b)
+    y = x
+    if b.reduce is not None:
+        y = conv_bn_act(g, f"{b.name}.{name['reduce']}", y, b.reduce, act=b.first_relu)
+    y = selective_kernel(g, f"{b.name}.{name['sk']}", y, b.sk)
+    y = conv_bn_act(g, f"{b.name}.{name['expand']}", y, b.expand, act=False)
+    shortcut = x
+    if b.downsample is not None:
+        shortcut = batch_norm(g, f"{b.name}.downsample.1", conv(g, f"{b.name}.downsample.0", x, b.downsample))
+    return g.node("Relu", [g.node("Add", [y, shortcut], f"{b.name}.add")], b.name)
 
 
 def max_pool(g, name, x, pool):

@@ -1,7 +1,7 @@
 """Assemble the ONNX graph of a spec, and a small model object that runs it in onnxruntime.
 
-``build_model`` needs only the ``onnx`` package: it walks the spec exactly as the
-PyTorch and MindSpore backends build it (stem, stages of SK blocks, pooled linear head),
+``build_model`` needs only the ``onnx`` package: it walks the spec's block plan
+(``sknet.plan``) as the PyTorch and MindSpore backends do (stem, SK blocks, pooled linear head),
 in inference mode, with BN as BatchNormalization nodes or folded into the convs.
 """
 import numpy as np
@@ -10,11 +10,12 @@ import onnx
 from sknet.errors import SKNetError
 from sknet.statecheck import check_state
 from sknet.params import init_state, tensor_specs
+from sknet.plan import build_plan
 
 from .analysis import graph_stats
 from .fuse import fold_batchnorm
 from .graph import MIN_OPSET, GraphBuilder, tensor_info
-from .layers import basic_block, bottleneck, conv, batch_norm, max_pool
+from .layers import batch_norm, block, conv, max_pool
 from .runtime import run_session, session
 
 INPUT, OUTPUT = "input", "logits"
@@ -43,18 +44,13 @@ def build_model(spec, tensors, fuse_bn=False, opset=17, dynamic_batch=True, batc
     check_opset(opset)
     check_tensors(spec, tensors)
     g = GraphBuilder(tensors, spec.norm.eps)
-    stem = spec.stem
-    x = conv(g, "conv1", INPUT, stem.kernel_size, stem.stride)
+    plan = build_plan(spec)
+    x = conv(g, "conv1", INPUT, plan.stem.conv)
     x = g.node("Relu", [batch_norm(g, "bn1", x)], "act1")
-    if stem.pool is not None:
-        x = max_pool(g, "maxpool", x, stem.pool)
-    block = bottleneck if spec.block.type == "bottleneck" else basic_block
-    inplanes = stem.channels
-    for s, (depth, planes, stride) in enumerate(zip(spec.stages.depths, spec.stages.channels,
-                                                    spec.stages.strides)):
-        for b in range(depth):
-            x = block(g, f"layer{s + 1}.{b}", x, spec, inplanes, planes, stride if b == 0 else 1)
-            inplanes = planes * spec.expansion
+    if plan.stem.pool is not None:
+        x = max_pool(g, "maxpool", x, plan.stem.pool)
+    for b in plan.blocks:
+        x = block(g, b, x)
     # Dropout is the identity in inference; the head is pool, flatten, fc.
     x = g.node("Flatten", [g.node("GlobalAveragePool", [x], "global_pool")], "flatten", axis=1)
     g.nodes.append(onnx.helper.make_node("Gemm", [x, g.weight("fc.weight"), g.weight("fc.bias")],
@@ -99,8 +95,11 @@ class OnnxModel:
         return self  # always in inference mode; here so code written for torch modules runs as is
 
 
-def build(spec, seed=0, **options):
-    """An ``OnnxModel`` for ``spec``, initialised from ``sknet.params.init_state(spec, seed)``."""
+def build(spec, seed=0, fast=None, **options):
+    """An ``OnnxModel`` for ``spec``, initialised from ``sknet.params.init_state(spec, seed)``.
+
+    ``fast`` (``create_model``'s) changes nothing: onnxruntime optimises the graph itself.
+    """
     return OnnxModel(spec, init_state(spec, seed), **options)
 
 

@@ -28,10 +28,6 @@ def predictor(backend, spec, tensors, device):
     from .. import backend_module
     from ..recipe import backend_device
 
-    if backend == "mindspore":
-        from ..train import prepare_mindspore
-
-        prepare_mindspore()
     module = backend_module(backend)
     if backend == "torch":
         import torch
@@ -48,13 +44,9 @@ def predictor(backend, spec, tensors, device):
     if backend == "mindspore":
         import mindspore as ms
 
-        from sknet.backends.mindspore.train import build_net
-
         ms.set_context(mode=ms.PYNATIVE_MODE)
-        target = backend_device(device, "mindspore") or "CPU"
-        ms.set_device(target)
-        net = build_net(spec, 0, target)
-        module.load_canonical(net, tensors)
+        ms.set_device(backend_device(device, "mindspore") or "CPU")
+        net = module.load_canonical(module.build(spec), tensors)
         net.set_train(False)
         forward = ms.jit(net)
         return lambda x: forward(ms.Tensor(x)).asnumpy().astype("float32")
