@@ -145,8 +145,8 @@ for mod in (model, probe):
 entry = "create_model"
 sknet.create_model(spec, backend="mindspore")
 entry = "train"
-from sknet.backends.mindspore.train import build_net
-build_net(spec, 0, "CPU")
+from sknet.backends.mindspore import train
+train.build(spec, seed=0)  # what the training adapter calls
 entry = "validate"
 from sknet.commands.validate import predictor
 predictor("mindspore", spec, tensors, "cpu")

@@ -21,14 +21,8 @@ from sknet.training import TrainError
 from sknet.training.batches import BatchSource
 from sknet.training.progress import log
 
-from . import layers
 from .model import build
 from .names import ms_name, to_canonical
-
-
-def build_net(spec, seed, device):
-    """The model for training or evaluation: ``build``'s, from the process's one ``FastOptions``."""
-    return build(spec, seed=seed)
 
 
 class World:
@@ -144,7 +138,8 @@ class Adapter:
         world = self.world
         ms.set_seed(recipe.seed)
         self.lrs = lrs
-        net = build_net(spec, recipe.seed, world.device)
+        # build's default: the process's one resolved FastOptions, as every entry point has.
+        net = build(spec, seed=recipe.seed)
         amp = recipe.amp.enabled and world.device != "CPU"
         if recipe.amp.enabled and not amp:
             log(world.rank, "amp: MindSpore has no float16/bfloat16 training kernels on the CPU; training in float32")
