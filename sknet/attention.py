@@ -21,6 +21,7 @@ Definitions (docs/attention.md explains them for users):
 import csv
 import re
 from collections import namedtuple
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -62,6 +63,32 @@ def sk_cells(model, sk_class):
             raise SKNetError(f"model has no SK unit at '{path}' although its spec '{model.spec.name}' lists one")
         cells[path] = cell
     return cells
+
+
+@contextmanager
+def hooked(cells, keep_branches=(), keep=lambda output: output):
+    """Forward hooks on every SK unit's attention module and, for the units in
+    ``keep_branches``, on its branch paths; yields ``{unit path: {"logits": t, i: t}}``
+    filled by the next forward pass, each output passed through ``keep``. Removed on exit.
+
+    Framework-free: PyTorch modules and MindSpore cells (PYNATIVE) both take
+    ``register_forward_hook(fn(module, inputs, output))`` and return a removable handle.
+    """
+    seen = {path: {} for path in cells}
+    handles = []
+
+    def store(path, key):
+        return lambda _module, _inputs, output: seen[path].__setitem__(key, keep(output))
+
+    for path, cell in cells.items():
+        handles.append(cell.attn.register_forward_hook(store(path, "logits")))
+        if path in keep_branches:
+            handles += [branch.register_forward_hook(store(path, i)) for i, branch in enumerate(cell.paths)]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def paper_name(path):
@@ -132,7 +159,7 @@ def load_image(path, spec):
         with Image.open(path) as img:
             img.load()
             return img.convert(mode)
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise SKNetError(f"{path}: cannot read as an image ({err})") from None
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal, Optional, Tuple
 
 from .errors import SKNetError, SpecError
+from .spec import LIMITS
 from .typed import build, load_yaml, to_dict
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -133,6 +134,10 @@ class Recipe:
         return from_dict(data, self.source, self.name)
 
 
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536
+
+
 def _check(recipe):
     src = recipe.source
 
@@ -152,12 +157,21 @@ def _check(recipe):
     need(recipe.eval_batch_size is None or recipe.eval_batch_size >= 1, "eval_batch_size",
          f"must be >= 1, got {recipe.eval_batch_size}")
     need(recipe.epochs >= 1, "epochs", f"must be >= 1, got {recipe.epochs}")
+    # Bounds before anything is sized from them (the lr table has one entry per step).
+    need(recipe.epochs <= MAX_EPOCHS, "epochs", f"must be at most {MAX_EPOCHS}, got {recipe.epochs}")
+    need(recipe.batch_size <= MAX_BATCH, "batch_size", f"must be at most {MAX_BATCH}, got {recipe.batch_size}")
+    need(recipe.eval_batch_size is None or recipe.eval_batch_size <= MAX_BATCH, "eval_batch_size",
+         f"must be at most {MAX_BATCH}, got {recipe.eval_batch_size}")
+    # NumPy's and MindSpore's seeds are unsigned 32-bit.
+    need(recipe.seed < 2 ** 32, "seed", f"must be below 2**32, got {recipe.seed}")
     need(0 <= recipe.label_smoothing < 1, "label_smoothing",
          f"must be in [0, 1), got {recipe.label_smoothing}")
     need(recipe.seed >= 0, "seed", f"must be >= 0, got {recipe.seed}")
 
     d = recipe.data
     need(d.size is None or d.size >= 8, "data.size", f"must be >= 8, got {d.size}")
+    need(d.size is None or d.size <= LIMITS["input.size"], "data.size",
+         f"must be at most {LIMITS['input.size']}, got {d.size}")
     need(d.crop_pct is None or 0 < d.crop_pct <= 1, "data.crop_pct", f"must be in (0, 1], got {d.crop_pct}")
     chans = spec.input.in_chans
     for stat in ("mean", "std"):

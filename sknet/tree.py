@@ -106,7 +106,8 @@ def block_layers(b):
 def layers(spec, size: Optional[int] = None):
     """Every conv, BN, linear and SK unit of ``spec`` in build order."""
     plan = build_plan(spec, size)
-    items = [_conv("conv1", plan.stem.conv), Norm("bn1", plan.stem.conv.out_ch)]
+    (conv_name, _, conv), (bn_name, _, channels) = stem_parts(plan)[:2]
+    items = [_conv(conv_name, conv), Norm(bn_name, channels)]
     for block in plan.blocks:
         items += block_layers(block)
     return items + [Linear("fc", plan.num_features, plan.num_classes)]
@@ -125,6 +126,22 @@ def role_names(block):
     if block.reduce is None:
         return {"sk": "conv1", "expand": "conv2"}
     return {"reduce": "conv1", "sk": "conv2", "expand": "conv3"}
+
+
+def stem_parts(plan):
+    """[(module name, role, argument)] of the stem in order, under timm's names: the conv
+    (a ConvPlan), its BN (channels), the ReLU, the max-pool (a PoolSpec, or None: identity)."""
+    conv = plan.stem.conv
+    return [("conv1", "conv", conv), ("bn1", "bn", conv.out_ch), ("act1", "relu", None),
+            ("maxpool", "pool", plan.stem.pool)]
+
+
+def block_parts(block):
+    """[(module name, role, plan)] of a block's residual branch in order: role "conv" (a
+    conv-BN, ReLU after it if ``act``) or "sk"; each backend maps a role to its module."""
+    name = role_names(block)
+    parts = [] if block.reduce is None else [(name["reduce"], "conv", block.reduce, block.first_relu)]
+    return parts + [(name["sk"], "sk", block.sk, True), (name["expand"], "conv", block.expand, False)]
 
 
 def residual_norms(spec):

@@ -5,6 +5,7 @@ and rejects unknown keys and wrong types with the key path at fault, so every
 config file in the project is validated the same way.
 """
 import dataclasses
+import math
 import typing
 from pathlib import Path
 
@@ -70,7 +71,15 @@ def _convert(tp, value, key, source):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(source, key, f"expected float, got {short(value)}")
-        return float(value)
+        # No field of a spec or recipe means anything at infinity or NaN (an infinite lr
+        # trained to "done" with NaN weights); an int too large for a float is refused too.
+        try:
+            number = float(value)
+        except OverflowError:
+            number = float("inf")
+        if not math.isfinite(number):
+            raise SpecError(source, key, f"must be a finite number, got {short(value)}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise SpecError(source, key, f"expected str, got {short(value)}")

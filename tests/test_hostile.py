@@ -30,7 +30,7 @@ from sknet import formats, get_spec  # noqa: E402
 from sknet.atomic import temp_path  # noqa: E402
 from sknet.cli import main  # noqa: E402
 from sknet.convert import convert, export  # noqa: E402
-from sknet.errors import CheckpointError, SpecError  # noqa: E402
+from sknet.errors import CheckpointError, SKNetError, SpecError  # noqa: E402
 from sknet.params import tensor_specs  # noqa: E402
 from sknet.typed import MAX_DEPTH, load_yaml, parse_value  # noqa: E402
 
@@ -519,3 +519,26 @@ def test_a_training_checkpoint_with_a_string_epoch_is_one_line(small, tmp_path, 
     text = one_line_error(lambda: convert(tmp_path / "s.pth", tmp_path / "o.safetensors", with_optimizer=True))
     assert "s.pth" in text and "lacks epoch" in text
     convert(tmp_path / "s.pth", tmp_path / "o.safetensors")  # the weights alone still convert
+
+
+def png_header(width, height):
+    """A PNG that is only a signature and an IHDR chunk claiming ``width`` x ``height`` RGB."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+def test_decompression_bomb_image_is_one_line(tmp_path):
+    from sknet.attention import load_image
+    from sknet.data.folder import decode
+
+    # 10^10 pixels: past PIL's decompression-bomb guard (2 x 89,478,485), refused at open.
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header(100_000, 100_000))
+    one_line_error(lambda: load_image(bomb, get_spec("skresnet18")), SKNetError)
+    one_line_error(lambda: decode(bomb, 3), SKNetError)
+    rc, err = sknet("attention", "--model", "skresnet18", "--images", bomb, "-o", tmp_path / "out")
+    refused(rc, err, "bomb.png")

@@ -85,6 +85,16 @@ BAD = [
     ("loss scale", lambda d: d.update(amp={"loss_scale": 0.5}), "'amp.loss_scale': must be >= 1"),
     ("missing model", lambda d: d.pop("model"), "'model': required key is missing"),
     ("device", lambda d: d.update(device="tpu"), "'device': expected one of"),
+    # Nothing silent: an infinite lr once trained to "done" with NaN weights.
+    ("infinite lr", lambda d: d["optimizer"].update(lr=float("inf")), "'optimizer.lr': must be a finite number, got inf"),
+    ("nan decay", lambda d: d["optimizer"].update(weight_decay=float("nan")),
+     "'optimizer.weight_decay': must be a finite number, got nan"),
+    ("int beyond float", lambda d: d["optimizer"].update(lr=10 ** 400), "'optimizer.lr': must be a finite number"),
+    # Bounded before the lr table (one entry per step) or a batch is sized from them.
+    ("huge epochs", lambda d: d.update(epochs=10 ** 9), "'epochs': must be at most 10000, got 1000000000"),
+    ("huge batch", lambda d: d.update(batch_size=2 ** 31), "'batch_size': must be at most 65536"),
+    ("huge seed", lambda d: d.update(seed=2 ** 40), "'seed': must be below 2**32, got 1099511627776"),
+    ("huge image", lambda d: d["data"].update(size=10 ** 5), "'data.size': must be at most 4096"),
 ]
 
 

@@ -12,7 +12,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import ops
 
-from sknet.attention import Capture
+from sknet.attention import Capture, hooked
 from sknet.attention import sk_cells as find_sk_cells
 from sknet.errors import SKNetError
 
@@ -34,26 +34,6 @@ def pynative():
     finally:
         if mode != ms.PYNATIVE_MODE:
             ms.set_context(mode=mode)
-
-
-@contextmanager
-def hooked(cells, keep_branches):
-    """{unit path: {"logits": ..., branch index: ...}} filled by the next pass; hooks removed on exit."""
-    seen = {path: {} for path in cells}
-    handles = []
-
-    def keep(path, key):
-        return lambda _cell, _inputs, output: seen[path].__setitem__(key, output)
-
-    for path, cell in cells.items():
-        handles.append(cell.attn.register_forward_hook(keep(path, "logits")))
-        if path in keep_branches:
-            handles += [branch.register_forward_hook(keep(path, i)) for i, branch in enumerate(cell.paths)]
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def capture(net, x, keep_branches=()):

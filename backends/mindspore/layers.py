@@ -9,6 +9,7 @@ in a built net (``fast.accelerate``); nothing here knows about them.
 from mindspore import nn, ops
 
 from sknet.plan import ConvPlan
+from sknet.tree import block_parts
 
 
 def conv2d(c):
@@ -93,33 +94,29 @@ def downsample(block, norm):
     return nn.SequentialCell([conv2d(block.downsample), batch_norm(block.out_ch, norm)])
 
 
-class BasicBlock(nn.Cell):
-    """SK unit (with the block's stride), then a 3x3 conv-BN; ReLU after the residual add."""
+class ResidualBlock(nn.Cell):
+    """A block's residual branch (``sknet.tree.block_parts``), its shortcut and the ReLU
+    after their sum; GRAPH mode branches on ``has_downsample``, a constant."""
 
     def __init__(self, block, norm):
         super().__init__()
-        self.conv1 = SelectiveKernel(block.sk, norm)
-        self.conv2 = ConvBnAct(block.expand, norm, act=False)
+        for name, role, plan, act in block_parts(block):
+            self.insert_child_to_cell(name, SelectiveKernel(plan, norm) if role == "sk" else ConvBnAct(plan, norm, act))
         self.downsample = downsample(block, norm)
         self.has_downsample = self.downsample is not None
         self.act = nn.ReLU()
+
+
+class BasicBlock(ResidualBlock):
+    """SK unit (with the block's stride), then a 3x3 conv-BN; ReLU after the residual add."""
 
     def construct(self, x):
         shortcut = self.downsample(x) if self.has_downsample else x
         return self.act(self.conv2(self.conv1(x)) + shortcut)
 
 
-class Bottleneck(nn.Cell):
+class Bottleneck(ResidualBlock):
     """1x1 reduce, SK unit, 1x1 expand; ReLU after the residual add."""
-
-    def __init__(self, block, norm):
-        super().__init__()
-        self.conv1 = ConvBnAct(block.reduce, norm, act=block.first_relu)
-        self.conv2 = SelectiveKernel(block.sk, norm)
-        self.conv3 = ConvBnAct(block.expand, norm, act=False)
-        self.downsample = downsample(block, norm)
-        self.has_downsample = self.downsample is not None
-        self.act = nn.ReLU()
 
     def construct(self, x):
         shortcut = self.downsample(x) if self.has_downsample else x

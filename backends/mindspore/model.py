@@ -3,6 +3,7 @@ from mindspore import nn
 
 from sknet.params import init_state
 from sknet.plan import build_plan
+from sknet.tree import stem_parts
 
 from .fast import FastOptions, accelerate, resolve_options
 from .layers import BLOCKS, GlobalAvgPool, batch_norm, conv2d, max_pool
@@ -16,10 +17,10 @@ class SKNet(nn.Cell):
         super().__init__()
         self.spec = spec
         plan = build_plan(spec)
-        self.conv1 = conv2d(plan.stem.conv)
-        self.bn1 = batch_norm(plan.stem.conv.out_ch, spec.norm)
-        self.act1 = nn.ReLU()
-        self.maxpool = max_pool(plan.stem.pool)
+        stem = {"conv": conv2d, "bn": lambda c: batch_norm(c, spec.norm), "relu": lambda _: nn.ReLU(),
+                "pool": max_pool}
+        for name, role, arg in stem_parts(plan):
+            self.insert_child_to_cell(name, stem[role](arg))
         for stage in plan.stages:
             setattr(self, stage.name, nn.SequentialCell([BLOCKS[b.type](b, spec.norm) for b in stage.blocks]))
         # GRAPH mode needs a CellList to loop over the stages, but a CellList renames the

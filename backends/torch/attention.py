@@ -6,12 +6,10 @@ on the branch paths whose outputs are wanted, runs one forward pass and removes 
 the logits are the very tensors the model computes without capture, and the modules carry
 no recording state. Accelerated models (``fast.accelerate``) call the same modules.
 """
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 
-from sknet.attention import Capture
+from sknet.attention import Capture, hooked
 from sknet.attention import sk_cells as find_sk_cells
 
 from .layers import SelectiveKernel
@@ -22,29 +20,6 @@ def sk_cells(model):
     return find_sk_cells(model, SelectiveKernel)
 
 
-@contextmanager
-def recording(model, keep_branches=()):
-    """Yields ``{unit path: {"logits": tensor, "branches": [tensor, ...]}}``, filled by one forward pass."""
-    cells = sk_cells(model)
-    seen = {path: {"branches": {}} for path in cells}
-    handles = []
-    for path, cell in cells.items():
-        def keep_logits(_module, _inputs, output, path=path):
-            seen[path]["logits"] = output.detach().clone()
-        handles.append(cell.attn.register_forward_hook(keep_logits))
-        if path in keep_branches:
-            for i, branch in enumerate(cell.paths):
-                def keep_branch(_module, _inputs, output, path=path, i=i):
-                    # Cloned: the select may reuse a branch's memory in place.
-                    seen[path]["branches"][i] = output.detach().clone()
-                handles.append(branch.register_forward_hook(keep_branch))
-    try:
-        yield seen
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def capture(model, x, keep_branches=()):
     """Logits and ``{unit path: Capture}`` for the NCHW float32 batch ``x``.
 
@@ -53,12 +28,14 @@ def capture(model, x, keep_branches=()):
     ``keep_branches``, as they are large. The model's train/eval mode is left as it is; in
     train mode BN uses the batch's statistics and updates its running ones, as any forward does.
     """
-    with torch.no_grad(), recording(model, keep_branches) as seen:
+    cells = sk_cells(model)
+    # Cloned: the fast select may reuse a branch's memory in place.
+    with torch.no_grad(), hooked(cells, keep_branches, keep=lambda t: t.detach().clone()) as seen:
         logits = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
     out = {}
-    for path, got in seen.items():
-        weights = torch.softmax(got["logits"], dim=1)
-        branches = got["branches"]
-        kept = [branches[i].contiguous().numpy() for i in sorted(branches)] if path in keep_branches else None
+    for path, cell in cells.items():
+        weights = torch.softmax(seen[path]["logits"], dim=1)
+        kept = ([seen[path][i].contiguous().numpy() for i in range(len(cell.paths))]
+                if path in keep_branches else None)
         out[path] = Capture(weights.flatten(2).numpy().copy(), kept)
     return logits.numpy(), out

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sknet.plan import same_pads
+from sknet.tree import block_parts
 
 
 def batch_norm(channels, norm):
@@ -76,45 +77,39 @@ class SelectiveKernel(nn.Module):
         return out
 
     def forward(self, x):
-        branches = self.branches(x)
-        fused = branches[0]
-        for y in branches[1:]:
-            fused = fused + y
-        weights = torch.softmax(self.attn(fused.mean((2, 3), keepdim=True)), dim=1)
-        out = branches[0] * weights[:, 0]
-        for i in range(1, self.num_branches):
-            out = out + branches[i] * weights[:, i]
-        return out
+        # As timm writes it: the branches stacked on a new axis (B, M, C, H, W), summed to
+        # fuse, and summed again under the softmax weights (B, M, C, 1, 1) to select.
+        paths = torch.stack(self.branches(x), dim=1)
+        weights = torch.softmax(self.attn(paths.sum(1).mean((2, 3), keepdim=True)), dim=1)
+        return (paths * weights).sum(1)
 
 
 def downsample(block, norm):
+    """1x1 conv + BN on the shortcut where the block changes size or width (timm's names 0, 1)."""
     if block.downsample is None:
         return None
     return nn.Sequential(conv2d(block.downsample), batch_norm(block.out_ch, norm))
 
 
-class BasicBlock(nn.Module):
+class ResidualBlock(nn.Module):
+    """A block's residual branch (``sknet.tree.block_parts``), its shortcut and the ReLU
+    after their sum."""
+
     def __init__(self, block, norm):
         super().__init__()
-        self.conv1 = SelectiveKernel(block.sk, norm)
-        self.conv2 = ConvBnAct(block.expand, norm, act=False)
+        for name, role, plan, act in block_parts(block):
+            self.add_module(name, SelectiveKernel(plan, norm) if role == "sk" else ConvBnAct(plan, norm, act))
         self.downsample = downsample(block, norm)
         self.act = nn.ReLU(inplace=True)
 
+
+class BasicBlock(ResidualBlock):
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
         return self.act(self.conv2(self.conv1(x)) + shortcut)
 
 
-class Bottleneck(nn.Module):
-    def __init__(self, block, norm):
-        super().__init__()
-        self.conv1 = ConvBnAct(block.reduce, norm, act=block.first_relu)
-        self.conv2 = SelectiveKernel(block.sk, norm)
-        self.conv3 = ConvBnAct(block.expand, norm, act=False)
-        self.downsample = downsample(block, norm)
-        self.act = nn.ReLU(inplace=True)
-
+class Bottleneck(ResidualBlock):
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
         return self.act(self.conv3(self.conv2(self.conv1(x))) + shortcut)

@@ -3,6 +3,7 @@ from torch import nn
 
 from sknet.params import init_state
 from sknet.plan import build_plan
+from sknet.tree import stem_parts
 
 from .layers import BLOCKS, batch_norm, conv2d, max_pool
 from .names import load_canonical
@@ -13,10 +14,10 @@ class SKNet(nn.Module):
         super().__init__()
         self.spec = spec
         plan = build_plan(spec)
-        self.conv1 = conv2d(plan.stem.conv)
-        self.bn1 = batch_norm(plan.stem.conv.out_ch, spec.norm)
-        self.act1 = nn.ReLU(inplace=True)
-        self.maxpool = max_pool(plan.stem.pool)
+        stem = {"conv": conv2d, "bn": lambda c: batch_norm(c, spec.norm), "relu": lambda _: nn.ReLU(inplace=True),
+                "pool": max_pool}
+        for name, role, arg in stem_parts(plan):
+            self.add_module(name, stem[role](arg))
         # Stages are attributes layer1..layerN (timm's names, hence the checkpoints' keys);
         # forward_features runs the children listed here, in order.
         self.stage_names = [stage.name for stage in plan.stages]

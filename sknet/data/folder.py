@@ -33,6 +33,6 @@ def decode(path, channels):
         with Image.open(path) as img:
             img = img.convert("L" if channels == 1 else "RGB")
             arr = np.asarray(img)
-    except (OSError, UnidentifiedImageError) as err:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise DatasetError(f"{path}: cannot decode image: {err}") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
