@@ -33,13 +33,13 @@ def add_arguments(p):
 
 def parse_sets(items):
     from .errors import SKNetError
-    from .typed import parse_value
+    from .typed import parse_value, short
 
     out = []
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SKNetError(f"--set {item}: expected KEY=VALUE (e.g. optimizer.lr=0.05)")
+            raise SKNetError(f"--set {short(item)}: expected KEY=VALUE (e.g. optimizer.lr=0.05)")
         out.append((key.strip(), parse_value(value, key.strip())))
     return tuple(out)
 
