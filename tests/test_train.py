@@ -242,3 +242,27 @@ def test_failure_mid_run_is_status_1_naming_the_last_checkpoint(tmp_path, how):
     assert ("SIGTERM" in text) == (how == "sigterm") and ("disk went away" in text) == (how == "error")
     assert text.endswith(f"last good checkpoint: {out / 'last.pth'} (step 1)")
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_non_finite_loss_stops_at_once_keeping_the_last_good_checkpoint(tmp_path):
+    """A run whose loss turns inf or NaN stops with exit 1 naming the step; the checkpoint stays finite."""
+    import torch
+
+    from sknet.exits import exit_status
+    from sknet.train import train
+    from sknet.training import RunFailed
+
+    out = tmp_path / "run"
+    # A finite but absurd lr: the first step's loss is finite, its update throws the weights out.
+    recipe = tiny_recipe(tmp_path, **{"optimizer.lr": 1e30, "schedule.warmup_epochs": 0})
+    opts = Options(recipe=recipe, backend="torch", out=str(out), subset=96, val_subset=100, ckpt_every=1,
+                   quiet=True)
+    with pytest.raises(RunFailed) as info:
+        train(opts)
+    text = str(info.value)
+    assert exit_status(info.value) == 1 and "\n" not in text
+    assert text.startswith("rank 0: the loss is ") and " at step 2 " in text
+    assert text.endswith(f"last good checkpoint: {out / 'last.pth'} (step 1)")
+    saved = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    assert saved["step"] == 1
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())

@@ -13,6 +13,7 @@ A backend's ``train`` module gives two classes with the same methods on every ba
     workers)`` (NumPy (x, y) batches in order); ``save(path, epoch, step)``; ``load(path) ->
     (epoch, step)``; ``canonical_state()`` (canonical name -> array, for the digest).
 """
+import math
 import signal
 import time
 
@@ -20,7 +21,7 @@ from ..data import epoch_batches
 from ..errors import SKNetError
 from ..schedule import learning_rates
 from .evaluation import evaluate
-from .failure import Stop, maybe_fault, on_sigterm, worker_failure
+from .failure import RunFailed, Stop, last_good_text, maybe_fault, on_sigterm, worker_failure
 from .options import default_out, load_run
 from .plan import make_plan
 from .progress import Progress, log
@@ -107,6 +108,10 @@ class Run:
         for x, y in adapter.batches(train, plan.remaining(order, self.step), epoch, workers):
             lr = float(lrs[self.step])
             value = adapter.step(x, y, lr)
+            if not math.isfinite(value):
+                # Stop before the weights it produced reach a checkpoint: the one on disk stays good.
+                raise RunFailed(f"rank {world.rank}: the loss is {value} at step {self.step + 1} (lr {lr:g}); "
+                                f"{last_good_text(self.last_good)}")
             self.step += 1
             loss_sum, loss_n = loss_sum + value, loss_n + 1
             if step_hook is not None:
