@@ -33,13 +33,14 @@ def add_arguments(p):
 
 def parse_sets(items):
     from .errors import SKNetError
-    from .typed import parse_value, short
+    from .typed import parse_value
 
     out = []
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SKNetError(f"--set {short(item)}: expected KEY=VALUE (e.g. optimizer.lr=0.05)")
+            shown = item if len(item) <= 60 else item[:60] + "..."  # a bad item is quoted by its prefix only
+            raise SKNetError(f"--set {shown}: expected KEY=VALUE (e.g. optimizer.lr=0.05)")
         out.append((key.strip(), parse_value(value, key.strip())))
     return tuple(out)
 
