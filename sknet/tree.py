@@ -153,11 +153,6 @@ def residual_norms(spec):
     return [f"{b.name}.{role_names(b)['expand']}.bn" for b in build_plan(spec).blocks]
 
 
-def stage_of(path):
-    """'layer2.3.conv1' -> 'layer2'; the stem and head map to themselves."""
-    return path.split(".")[0]
-
-
 def count_params(spec):
     return sum(x.params for x in param_layers(spec))
 

@@ -49,10 +49,9 @@ def describe(spec, size=None):
         stages.append({"name": stage.name, "depth": len(stage.blocks), "stride": first.stride,
                        "sk_width": first.width, "out_channels": last.out_ch, "attn_width": first.sk.attn_width,
                        "out_size": [last.sk.out_hw] * 2})
-    units = plan.blocks
     return {"model": spec.name, "params": count_params(spec), "macs": count_macs(spec, size),
             "input_size": size or spec.input.size, "in_chans": spec.input.in_chans,
-            "num_classes": spec.num_classes, "sk_units": len(units),
+            "num_classes": spec.num_classes, "sk_units": len(plan.blocks),
             "branches": [[b.kernel_size, b.dilation] for b in spec.sk.branches], "stages": stages}
 
 
