@@ -4,6 +4,7 @@ Everything here runs in whichever mode (PYNATIVE or GRAPH) the caller set with
 ``mindspore.set_context``, except ``capture``, whose forward hooks exist only in PYNATIVE.
 Names going in and out are canonical; ``names.name_map`` translates.
 """
+import contextvars
 from contextlib import contextmanager
 
 import mindspore as ms
@@ -19,12 +20,12 @@ from .names import load_canonical, name_map, to_canonical
 DTYPES = {"float32": ms.float32, "float16": ms.float16}
 
 # What ``build`` builds with: None for the process's own options (``fast.resolve_options``).
-_OPTIONS = [None]
+_OPTIONS = contextvars.ContextVar("sknet_parity_ms_options", default=None)
 
 
 def build(spec, state, dtype="float32", options=None):
     """An ``SKNet`` holding the canonical ``state``, built with ``options`` (default: see ``math``)."""
-    options = options or _OPTIONS[-1]
+    options = options or _OPTIONS.get()
     net = accelerate(load_canonical(SKNet(spec), state), resolve_options() if options is None else options)
     if dtype != "float32":
         net.to_float(DTYPES[dtype])
@@ -38,11 +39,11 @@ def math(fast):
     The choice is made when a cell is built (GRAPH mode freezes what ``construct`` runs),
     so build inside this context.
     """
-    _OPTIONS.append(None if fast else FastOptions.plain())
+    token = _OPTIONS.set(None if fast else FastOptions.plain())
     try:
         yield
     finally:
-        _OPTIONS.pop()
+        _OPTIONS.reset(token)
 
 
 def forward(net, x, train=False):
