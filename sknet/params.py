@@ -59,3 +59,9 @@ def init_state(spec, seed=0, residual_gamma=1.0):
     for path in residual_norms(spec):
         state[f"{path}.weight"] = np.full_like(state[f"{path}.weight"], residual_gamma)
     return state
+
+
+def head_state(spec, seed=0):
+    """The classifier's tensors as ``init_state(spec, seed)`` draws them: a reset head gets what
+    a fresh model of its spec would."""
+    return {k: v for k, v in init_state(spec, seed).items() if k.startswith("fc.")}

@@ -8,7 +8,7 @@ width, groups capped at the width, the split input, d = max(C/r, L)) live here a
 here: the spec's checks, ``sknet.tree`` (names, counts, MACs, initialisation) and every
 backend read the plan, and none of them recomputes a channel count.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Optional, Tuple
 
@@ -73,6 +73,17 @@ class BlockPlan:
     downsample: Optional[ConvPlan]
     in_hw: int
     out_hw: int
+    # Stochastic depth: the probability that a training pass drops this block's residual branch.
+    drop_path: float = 0.0
+
+
+@dataclass(frozen=True)
+class FeaturePlan:
+    """A point a backbone can return a map from: timm's ``feature_info`` entry for it."""
+    module: str
+    channels: int
+    reduction: int
+    hw: int
 
 
 @dataclass(frozen=True)
@@ -95,8 +106,11 @@ class NetPlan:
     stem: StemPlan
     stages: Tuple[StagePlan, ...]
     num_features: int
-    num_classes: int
+    num_classes: int        # 0: no classifier (num_classes 0, or a backbone)
     dropout: float
+    global_pool: str        # "avg", or "": the head passes the maps through
+    features: Tuple[FeaturePlan, ...]     # every feature point of the whole network
+    out_indices: Optional[Tuple[int, ...]] = None  # a backbone's points, ascending; None: a classifier
 
     @property
     def blocks(self):
@@ -187,18 +201,46 @@ def build_plan(spec, size=None):
     return _plan(spec, size or spec.input.size)
 
 
+def _out_indices(spec, points):
+    """The backbone's feature indices, absolute and ascending; one line naming the bad one."""
+    n = len(points)
+    asked = spec.features.out_indices
+    if asked is None:
+        return tuple(range(n))
+    if not asked:
+        raise SpecError(spec.source, "features.out_indices", "needs at least one index")
+    for i in asked:
+        if not -n <= i < n:
+            names = ", ".join(f"{k} {p.module}" for k, p in enumerate(points))
+            raise SpecError(spec.source, "features.out_indices",
+                            f"index {i} is out of range: {n} feature maps ({names}), indices {-n} to {n - 1}")
+    return tuple(sorted({i % n for i in asked}))
+
+
 @lru_cache(maxsize=64)
 def _plan(spec, size):
     stem = spec.stem
     conv = _conv(spec.input.in_chans, stem.channels, size, stem.kernel_size, stem.stride)
     hw = stem_hw = conv.out_hw if stem.pool is None else pool_out(conv.out_hw, stem.pool)
+    points = [FeaturePlan("act1", stem.channels, stem.stride, conv.out_hw)]
+    reduction = stem.stride * (1 if stem.pool is None else stem.pool.stride)
+    # timm's linear rule: block k of the n in the network drops with rate * k / (n - 1).
+    total, k = sum(spec.stages.depths), 0
+    rate = spec.block.drop_path_rate
     stages, in_ch = [], stem.channels
     for s, (depth, planes, stride) in enumerate(zip(spec.stages.depths, spec.stages.channels, spec.stages.strides)):
         blocks = []
         for b in range(depth):
             block = _block(spec, s, f"layer{s + 1}.{b}", in_ch, planes, stride if b == 0 else 1, hw)
-            blocks.append(block)
-            in_ch, hw = block.out_ch, block.out_hw
+            blocks.append(replace(block, drop_path=rate * k / max(total - 1, 1)))
+            in_ch, hw, k = block.out_ch, block.out_hw, k + 1
+        reduction *= stride
         stages.append(StagePlan(f"layer{s + 1}", tuple(blocks)))
+        points.append(FeaturePlan(f"layer{s + 1}", in_ch, reduction, hw))
+    num_classes, out_indices = spec.num_classes, None
+    if spec.features.only:
+        # A backbone holds what its last feature point needs: no head, no later stages.
+        out_indices = _out_indices(spec, points)
+        stages, num_classes = stages[:out_indices[-1]], 0
     return NetPlan(spec.input.in_chans, size, StemPlan(conv, stem.pool, stem_hw), tuple(stages), in_ch,
-                   spec.num_classes, spec.head.dropout)
+                   num_classes, spec.head.dropout, spec.head.global_pool, tuple(points), out_indices)

@@ -68,6 +68,9 @@ class BlockSpec:
     type: Literal["basic", "bottleneck"] = "basic"
     # mindcv's bottleneck leaves out the ReLU after its first 1x1 conv; timm's has it.
     first_relu: bool = True
+    # Stochastic depth: the last block's rate; block i of n drops its residual branch with
+    # rate * i / (n - 1), as timm schedules it over its ResNets' blocks.
+    drop_path_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,20 @@ class NormSpec:
 @dataclass(frozen=True)
 class HeadSpec:
     dropout: float = 0.0
+    # "avg": global average pooling before the classifier; "": none, the head passes the
+    # maps through (timm allows that only without a classifier: num_classes 0).
+    global_pool: Literal["avg", ""] = "avg"
+
+
+@dataclass(frozen=True)
+class FeaturesSpec:
+    """A backbone: the model returns the maps of ``out_indices`` instead of logits.
+
+    Feature points are timm's for its ResNets: 0 is the stem's ``act1``, i the output of
+    stage ``layer<i>``; negative indices count from the last; None takes every point.
+    """
+    only: bool = False
+    out_indices: Optional[Tuple[int, ...]] = None
 
 
 @dataclass(frozen=True)
@@ -111,28 +128,47 @@ class ModelSpec:
     downsample: DownsampleSpec = field(default_factory=DownsampleSpec)
     norm: NormSpec = field(default_factory=NormSpec)
     head: HeadSpec = field(default_factory=HeadSpec)
+    features: FeaturesSpec = field(default_factory=FeaturesSpec)
     source: str = field(default="", compare=False, repr=False)
 
     def replace(self, **overrides):
-        """A copy with top-level fields, or ``in_chans``/``size``, replaced; validated again."""
+        """A copy with ``KEYWORDS`` (timm's names) set; None leaves a field as it is. Validated again."""
         data = to_dict(self)
         data.pop("source")
         for key, value in overrides.items():
             if value is None:
                 continue
-            if key in ("in_chans", "size"):
-                data["input"][key] = value
-                if key == "in_chans":
-                    # Other channel counts take the average statistics on every channel.
-                    for stat in ("mean", "std"):
-                        vals = data["input"][stat]
-                        if len(vals) != value:
-                            data["input"][stat] = [sum(vals) / len(vals)] * value
-            elif key in data:
-                data[key] = value
-            else:
-                raise SpecError(self.source, key, "unknown override")
+            if key not in KEYWORDS:
+                raise SpecError(self.source, key, f"unknown keyword (known: {', '.join(KEYWORDS)})")
+            *parents, leaf = KEYWORDS[key].split(".")
+            node = data
+            for part in parents:
+                node = node[part]
+            node[leaf] = list(value) if isinstance(value, (tuple, list)) else value
+            if key == "in_chans":
+                # Other channel counts take the average statistics on every channel.
+                for stat in ("mean", "std"):
+                    vals = data["input"][stat]
+                    if len(vals) != value:
+                        data["input"][stat] = [sum(vals) / len(vals)] * value
         return from_dict(data, self.source)
+
+    def classifier(self):
+        """The whole classifier this spec is cut from: features off, average pooling, a head
+        (1000 classes where it has none; a checkpoint's own head size replaces that)."""
+        data = to_dict(self)
+        data.pop("source")
+        data["features"] = {"only": False, "out_indices": None}
+        data["head"]["global_pool"] = "avg"
+        data["num_classes"] = self.num_classes or 1000
+        return from_dict(data, self.source)
+
+
+# create_model's keywords (timm's names) and the spec field each sets: the one list of them.
+KEYWORDS = {"num_classes": "num_classes", "in_chans": "input.in_chans", "size": "input.size",
+            "drop_rate": "head.dropout", "global_pool": "head.global_pool",
+            "drop_path_rate": "block.drop_path_rate", "features_only": "features.only",
+            "out_indices": "features.out_indices"}
 
 
 # Bounds on what a spec may ask for, checked before anything is sized from it: far above
@@ -158,7 +194,13 @@ def _check(spec):
         limit = LIMITS[limit_key or key]
         need(value <= limit, key, f"must be at most {limit}, got {value}")
 
-    need(spec.num_classes >= 1, "num_classes", f"must be >= 1, got {spec.num_classes}")
+    need(spec.num_classes >= 0, "num_classes", f"must be >= 0 (0: no classifier), got {spec.num_classes}")
+    need(spec.head.global_pool or not spec.num_classes, "head.global_pool",
+         f"'' (no pooling) needs num_classes 0 (no classifier), got {spec.num_classes}")
+    need(0 <= spec.block.drop_path_rate < 1, "block.drop_path_rate",
+         f"must be in [0, 1), got {spec.block.drop_path_rate}")
+    need(spec.features.only or spec.features.out_indices is None, "features.out_indices",
+         "needs features_only (features.only: true)")
     need(spec.input.in_chans >= 1, "input.in_chans", f"must be >= 1, got {spec.input.in_chans}")
     need(spec.input.size >= 8, "input.size", f"must be >= 8, got {spec.input.size}")
     need(len(spec.input.mean) == spec.input.in_chans, "input.mean",

@@ -110,7 +110,7 @@ def layers(spec, size: Optional[int] = None):
     items = [_conv(conv_name, conv), Norm(bn_name, channels)]
     for block in plan.blocks:
         items += block_layers(block)
-    return items + [Linear("fc", plan.num_features, plan.num_classes)]
+    return items + ([Linear("fc", plan.num_features, plan.num_classes)] if plan.num_classes else [])
 
 
 def param_layers(spec, size=None):

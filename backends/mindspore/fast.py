@@ -247,7 +247,7 @@ def accelerate(net, options):
     """``net`` (an ``SKNet``) with its reference cells swapped, in place, for what ``options`` asks."""
     if options.argmax_pool and net.spec.stem.pool is not None:
         net.maxpool = TrainingMaxPool(net.spec.stem.pool)
-    if options.row_sums:
+    if options.row_sums and isinstance(net.global_pool, GlobalAvgPool):
         net.global_pool = RowSumAvgPool()
     for parent, name, cell in _children(net):
         if options.two_branch and type(cell) is SelectiveKernel and cell.num_branches == 2:

@@ -6,6 +6,7 @@ symmetrically (``pad_mode="pad"``) so they compute what PyTorch's do; only a spe
 for "same" pooling gets MindSpore's "same". The CPU speed-ups replace some of these cells
 in a built net (``fast.accelerate``); nothing here knows about them.
 """
+import mindspore as ms
 from mindspore import nn, ops
 
 from sknet.plan import ConvPlan
@@ -94,16 +95,36 @@ def downsample(block, norm):
     return nn.SequentialCell([conv2d(block.downsample), batch_norm(block.out_ch, norm)])
 
 
-class ResidualBlock(nn.Cell):
-    """A block's residual branch (``sknet.tree.block_parts``), its shortcut and the ReLU
-    after their sum; GRAPH mode branches on ``has_downsample``, a constant."""
+class DropPath(nn.Cell):
+    """Stochastic depth, as ``sknet.backends.torch.layers.DropPath``: the decisions come from
+    the model's ``sknet.stochastic.DropSource`` (NumPy, on the host), so PyTorch and MindSpore
+    drop the same samples. Host-side draws need PYNATIVE mode (what the trainer runs); a
+    GRAPH-mode net would compile one draw in as a constant, so training there is refused."""
 
-    def __init__(self, block, norm):
+    def __init__(self, rate, source):
+        super().__init__()
+        self.rate, self.source = rate, source
+
+    def construct(self, x):
+        if not self.training:
+            return x
+        if ms.get_context("mode") != ms.PYNATIVE_MODE:
+            raise RuntimeError("stochastic depth (drop_path_rate > 0) trains in MindSpore's PYNATIVE mode only")
+        scales = ms.Tensor(self.source.keep_scales(x.shape[0], self.rate)).astype(x.dtype)
+        return x * scales.reshape(-1, 1, 1, 1)
+
+
+class ResidualBlock(nn.Cell):
+    """A block's residual branch (``sknet.tree.block_parts``), stochastic depth on it, its
+    shortcut and the ReLU after their sum; GRAPH mode branches on constants."""
+
+    def __init__(self, block, norm, source=None):
         super().__init__()
         for name, role, plan, act in block_parts(block):
             self.insert_child_to_cell(name, SelectiveKernel(plan, norm) if role == "sk" else ConvBnAct(plan, norm, act))
         self.downsample = downsample(block, norm)
         self.has_downsample = self.downsample is not None
+        self.drop_path = DropPath(block.drop_path, source) if block.drop_path else nn.Identity()
         self.act = nn.ReLU()
 
 
@@ -112,7 +133,7 @@ class BasicBlock(ResidualBlock):
 
     def construct(self, x):
         shortcut = self.downsample(x) if self.has_downsample else x
-        return self.act(self.conv2(self.conv1(x)) + shortcut)
+        return self.act(self.drop_path(self.conv2(self.conv1(x))) + shortcut)
 
 
 class Bottleneck(ResidualBlock):
@@ -120,7 +141,7 @@ class Bottleneck(ResidualBlock):
 
     def construct(self, x):
         shortcut = self.downsample(x) if self.has_downsample else x
-        return self.act(self.conv3(self.conv2(self.conv1(x))) + shortcut)
+        return self.act(self.drop_path(self.conv3(self.conv2(self.conv1(x)))) + shortcut)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}

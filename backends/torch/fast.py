@@ -21,7 +21,7 @@ from torch import nn
 
 from sknet.plan import build_plan
 
-from .layers import BasicBlock, Bottleneck, ConvBnAct, SelectiveKernel, SelectiveKernelAttn
+from .layers import BasicBlock, Bottleneck, ConvBnAct, DropPath, SelectiveKernel, SelectiveKernelAttn
 from .model import SKNet
 
 # Pixels per map at and below which a training stage runs NCHW on the CPU (see FastSKNet).
@@ -182,13 +182,22 @@ def _shortcut(block, x):
     return seq(x)
 
 
+def _dropping(block):
+    """True while stochastic depth acts: the reference forward applies it between the branch and the add."""
+    return block.training and isinstance(block.drop_path, DropPath)
+
+
 class FastBasicBlock(BasicBlock):
     def forward(self, x):
+        if _dropping(self):
+            return super().forward(x)
         return self.conv2.forward_residual(self.conv1(x), _shortcut(self, x), self.act)
 
 
 class FastBottleneck(Bottleneck):
     def forward(self, x):
+        if _dropping(self):
+            return super().forward(x)
         return self.conv3.forward_residual(self.conv2(self.conv1(x)), _shortcut(self, x), self.act)
 
 

@@ -91,28 +91,48 @@ def downsample(block, norm):
     return nn.Sequential(conv2d(block.downsample), batch_norm(block.out_ch, norm))
 
 
-class ResidualBlock(nn.Module):
-    """A block's residual branch (``sknet.tree.block_parts``), its shortcut and the ReLU
-    after their sum."""
+class DropPath(nn.Module):
+    """Stochastic depth (timm's ``DropPath``): in training each sample's residual branch is
+    dropped with probability ``rate``, else scaled by 1 / (1 - rate). The decisions come
+    from the model's ``sknet.stochastic.DropSource``, as on MindSpore."""
 
-    def __init__(self, block, norm):
+    def __init__(self, rate, source):
+        super().__init__()
+        self.rate, self.source = rate, source
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        return x * self.scales(x)
+
+    @torch.jit.unused
+    def scales(self, x) -> torch.Tensor:
+        return torch.from_numpy(self.source.keep_scales(x.shape[0], self.rate)).to(x).view(-1, 1, 1, 1)
+
+
+class ResidualBlock(nn.Module):
+    """A block's residual branch (``sknet.tree.block_parts``), stochastic depth on it, its
+    shortcut and the ReLU after their sum."""
+
+    def __init__(self, block, norm, source=None):
         super().__init__()
         for name, role, plan, act in block_parts(block):
             self.add_module(name, SelectiveKernel(plan, norm) if role == "sk" else ConvBnAct(plan, norm, act))
         self.downsample = downsample(block, norm)
+        self.drop_path = DropPath(block.drop_path, source) if block.drop_path else nn.Identity()
         self.act = nn.ReLU(inplace=True)
 
 
 class BasicBlock(ResidualBlock):
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.act(self.conv2(self.conv1(x)) + shortcut)
+        return self.act(self.drop_path(self.conv2(self.conv1(x))) + shortcut)
 
 
 class Bottleneck(ResidualBlock):
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.act(self.conv3(self.conv2(self.conv1(x))) + shortcut)
+        return self.act(self.drop_path(self.conv3(self.conv2(self.conv1(x)))) + shortcut)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
