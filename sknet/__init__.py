@@ -35,8 +35,13 @@ def create_model(name_or_spec, backend="torch", num_classes=None, checkpoint=Non
                  **overrides):
     """A ready model for a registered name, alias, spec path or ``ModelSpec``.
 
-    ``num_classes`` and other top-level spec fields (``in_chans``, ``size`` too) may be
-    overridden; with ``checkpoint`` (any format ``sknet convert`` reads) its weights are loaded.
+    Keywords are timm's (``sknet.spec.KEYWORDS``, each sets a spec field; an unknown one is
+    an error naming it): ``num_classes`` (0: no head, pooled features), ``global_pool``
+    ("avg" or "": unpooled maps), ``in_chans``, ``size``, ``drop_rate``, ``drop_path_rate``,
+    ``features_only`` and ``out_indices`` (a backbone: a list of maps, ``feature_info``).
+    With ``checkpoint`` (any format ``sknet convert`` reads) its weights are loaded; a whole
+    classifier's checkpoint loads into a backbone or a headless model, its head ignored.
+    ``seed`` draws the initial weights and stochastic depth's decisions.
     ``fast`` chooses the backend's speed-ups (``backends/<name>/fast.py``): None is the
     backend's default (PyTorch: the reference modules, which script, trace and compile;
     MindSpore: the options resolved for this device), True all that apply, False none.
@@ -48,7 +53,7 @@ def create_model(name_or_spec, backend="torch", num_classes=None, checkpoint=Non
     module = backend_module(backend)
     model = module.build(spec, seed=seed, fast=fast)
     if checkpoint is not None:
-        from .convert import read_canonical
+        from .convert import read_for_model
 
-        module.load_canonical(model, read_canonical(checkpoint, spec))
+        module.load_canonical(model, read_for_model(checkpoint, spec))
     return model

@@ -17,7 +17,7 @@ from .errors import CheckpointError, SKNetError, describe_mismatch
 from .layouts import SCHEME_LABEL, TRACKED, detect_scheme, entries, names, scheme_for
 from .params import tensor_specs
 from .registry import get_spec, list_models
-from .statecheck import check_state, check_values, mismatch
+from .statecheck import check_state, check_values, mismatch, warn
 
 LAYOUTS = ("native", "timm", "mindcv")
 
@@ -84,6 +84,27 @@ def read_canonical(path, spec, allow_nonfinite=False):
     raw = formats.read(path)
     scheme = detect_scheme(raw.tensors, str(path))
     return canonical_tensors(raw, spec, scheme, allow_nonfinite)[0]
+
+
+def read_for_model(path, spec, allow_nonfinite=False):
+    """``read_canonical`` for a model that may be a part of its classifier (a backbone, or no
+    head): the whole classifier's checkpoint loads too, and the tensors the model has no
+    place for (the head, a backbone's later stages) are left out, said once on stderr."""
+    raw = formats.read(path)
+    scheme = detect_scheme(raw.tensors, str(path))
+    full = spec.classifier()
+    if full == spec:
+        return canonical_tensors(raw, spec, scheme, allow_nonfinite)[0]
+    shapes, optional = _expected(spec, scheme)
+    if not any(mismatch(shapes, raw.tensors, optional)):
+        return canonical_tensors(raw, spec, scheme, allow_nonfinite)[0]
+    tensors = canonical_tensors(raw, _fitted(full, raw, scheme), scheme, allow_nonfinite)[0]
+    wanted = [name for name, *_ in tensor_specs(spec)]
+    left = [name for name in tensors if name not in set(wanted)]
+    shown = ", ".join(left[:3]) + (f" (+{len(left) - 3} more)" if len(left) > 3 else "")
+    warn(f"{path}: {len(left)} tensors of the whole model are not in '{spec.name}' "
+         f"({'backbone' if spec.features.only else 'no classifier'}) and are ignored: {shown}")
+    return {name: tensors[name] for name in wanted}
 
 
 # ---------------------------------------------------------------- model detection

@@ -29,6 +29,8 @@ def add_arguments(p):
                         "instead of its module-by-module math")
     p.add_argument("--recipe", default=DEFAULT_RECIPE,
                    help="recipe whose optimizer, lr schedule, weight decay and label smoothing the steps check uses")
+    p.add_argument("--drop-path-rate", type=float, default=0.2, metavar="R",
+                   help="stochastic depth of the droppath check (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the inputs")
     p.add_argument("--residual-gamma", type=float, default=0.25, metavar="G",
                    help="weight of each block's last BN in the seeded weights (default %(default)s; timm's "
@@ -66,7 +68,7 @@ def run(args):
             ms_state = read_canonical(args.mindspore_checkpoint, spec)
     setup = make_setup(spec, state, ms_state=ms_state, batch=args.batch, size=size, seed=args.seed,
                        mode=args.mode, recipe=args.recipe, steps=args.steps, floor=args.floor,
-                       residual_gamma=args.residual_gamma,
+                       residual_gamma=args.residual_gamma, drop_path_rate=args.drop_path_rate,
                        steps_per_epoch=args.steps_per_epoch, torch_fast=args.torch_fast)
     results = run_checks(setup, checks)
     layer = None

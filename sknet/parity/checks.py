@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import SKNetError
 from ..params import tensor_specs
+from ..plan import build_plan
 from .report import compare, compare_many, errors, skipped
 
 TOLERANCES = {
@@ -25,8 +26,9 @@ TOLERANCES = {
     # with depth (about sqrt(50) u for a 50-layer net) with a margin of 3 (docs/parity.md).
     "fp16": 1e-2,
     "onnx": 1e-5,
+    "droppath": 1e-4,
 }
-CHECKS = ("eval", "train", "grad", "steps", "fp16", "onnx")
+CHECKS = ("eval", "train", "grad", "steps", "fp16", "onnx", "droppath")
 DEFAULT_CHECKS = ("eval", "train", "grad", "steps")
 # Warm-up, cosine decay, label smoothing and decay on BN and biases too: the most of
 # the recipe machinery that ten steps can exercise.
@@ -49,6 +51,7 @@ class Setup:
     residual_gamma: float = 0.25      # weight of each block's last BN in the default state (see make_setup)
     floor: bool = False               # also measure PyTorch fp32 against PyTorch fp64
     torch_fast: bool = False          # PyTorch's fast CPU paths instead of its module-by-module math
+    drop_path_rate: float = 0.2       # stochastic depth of the droppath check
 
     @property
     def mindspore_state(self):
@@ -129,6 +132,28 @@ def check_train(setup, tp, mp):
         ref64, state64 = tp.forward(tp.build(setup.spec, setup.state, "float64"), x, train=True)
         _floor(logits, ref64, ref)
         _floor(stats, _stats(state64), _stats(ref_state), many=True)
+    return [logits, stats]
+
+
+def check_droppath(setup, tp, mp):
+    """A training pass with stochastic depth: both sides take the same decisions from
+    ``sknet.stochastic.DropSource`` (seeded alike), so the logits and BN statistics agree."""
+    spec = setup.spec.replace(drop_path_rate=setup.drop_path_rate)
+    x, _ = inputs(spec, setup.batch, setup.size, setup.seed)
+    t, m = tp.build(spec, setup.state), mp.build(spec, setup.mindspore_state)
+    ref, ref_state = tp.forward(t, x, train=True)
+    out, out_state = mp.forward(m, x, train=True)
+    dropped = [t.drop_source.dropped, m.drop_source.dropped]
+    branches = setup.batch * len(build_plan(spec).blocks)
+    tol = TOLERANCES["droppath"]
+    logits = compare("droppath", ref, out, tol, note=f"logits, training mode, drop_path_rate {setup.drop_path_rate}: "
+                                                     f"{dropped[0]} of {branches} residual branches dropped")
+    logits.details["dropped"] = dropped
+    if dropped[0] != dropped[1]:
+        logits.passed = False
+        logits.note += f" on PyTorch, {dropped[1]} on MindSpore"
+    stats = compare_many("droppath.bn_stats", _stats(ref_state), _stats(out_state), tol,
+                         note="BN running mean/var after the pass")
     return [logits, stats]
 
 
@@ -252,7 +277,7 @@ def check_onnx(setup, tp, mp):
 
 
 RUNNERS = {"eval": check_eval, "train": check_train, "grad": check_grad, "steps": check_steps,
-           "fp16": check_fp16, "onnx": check_onnx}
+           "fp16": check_fp16, "onnx": check_onnx, "droppath": check_droppath}
 
 
 def parse_checks(text):
