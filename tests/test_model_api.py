@@ -132,7 +132,7 @@ def test_whole_checkpoint_loads_into_a_backbone(tmp_path, torch, capfd):
     backbone = sknet.create_model("skresnet18", backend="torch", features_only=True, out_indices=(2,),
                                   checkpoint=str(path))
     err = capfd.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "96 tensors" in err[0] and "(backbone) are ignored: layer3.0" in err[0], err
+    assert len(err) == 1 and "96 tensors" in err[0] and "(backbone) and are ignored: layer3.0" in err[0], err
     assert torch.equal(backbone.layer2[0].conv1.paths[0].conv.weight, full.layer2[0].conv1.paths[0].conv.weight)
     assert not hasattr(backbone, "layer3")
 
