@@ -41,6 +41,10 @@ def build_model(spec, tensors, fuse_bn=False, opset=17, dynamic_batch=True, batc
     symbols 'height'/'width' without ``size`` (every op here takes any size), else ``size``.
     ``fuse_bn`` folds every BN into its conv.
     """
+    if spec.features.only or not spec.num_classes:
+        from sknet.errors import SKNetError
+
+        raise SKNetError(f"'{spec.name}': the ONNX builder makes classifiers only (no features_only, num_classes >= 1)")
     check_opset(opset)
     check_tensors(spec, tensors)
     g = GraphBuilder(tensors, spec.norm.eps)
