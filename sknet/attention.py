@@ -185,9 +185,11 @@ def enlarge(img, spec, scale, size=None):
 
 
 def normalise(pixels, spec):
-    """uint8 (H, W[, C]) -> float32 (C, H, W) with the spec's mean and std."""
+    """uint8 (H, W[, C]) -> float32 (C, H, W) with the spec's mean and std (and channel order)."""
     x = pixels.astype(np.float32) / 255.0
     x = x[..., None] if x.ndim == 2 else x
+    if spec.input.channel_order == "bgr" and x.shape[2] == 3:
+        x = x[..., ::-1]
     mean = np.asarray(spec.input.mean, np.float32)
     std = np.asarray(spec.input.std, np.float32)
     return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1))

@@ -82,6 +82,10 @@ def canonical_tensors(raw, spec, scheme, allow_nonfinite=False):
 def read_canonical(path, spec, allow_nonfinite=False):
     """``{canonical name: ndarray}`` for ``spec`` from any supported file in any layout."""
     raw = formats.read(path)
+    if raw.format == "caffe":
+        weights = formats.caffe.canonical(raw, spec)
+        check_values(weights, raw.path, (), allow_nonfinite)
+        return weights
     scheme = detect_scheme(raw.tensors, str(path))
     return canonical_tensors(raw, spec, scheme, allow_nonfinite)[0]
 
@@ -359,6 +363,8 @@ def convert(src, dst, model=None, layout="native", with_optimizer=False, recipe=
         raise CheckpointError(f"unknown layout '{layout}' (choose from: {', '.join(LAYOUTS)})")
     dst_format = formats.format_of(dst)
     raw = formats.read(src)
+    if raw.format == "caffe":
+        return _from_caffe(raw, dst, dst_format, model, layout, with_optimizer, allow_nonfinite, start)
     scheme = detect_scheme(raw.tensors, str(src))
     spec = detect_model(raw, scheme, model)
     weights, tracked = canonical_tensors(raw, spec, scheme, allow_nonfinite)
@@ -374,6 +380,28 @@ def convert(src, dst, model=None, layout="native", with_optimizer=False, recipe=
         note = " (one SGD param group: pass --recipe to group parameters as the trainer does)"
     return Report(str(src), str(dst), spec.name, raw.format, scheme, dst_format, dst_scheme, len(out),
                   with_optimizer, time.perf_counter() - start, note)
+
+
+def _from_caffe(raw, dst, dst_format, model, layout, with_optimizer, allow_nonfinite, start):
+    """A ``.caffemodel`` to ``dst``: the model is ``model`` or the registered *_caffe model
+    (else any bottleneck model) whose Caffe layout the file fits."""
+    if with_optimizer:
+        raise CheckpointError(f"{raw.path}: a .caffemodel holds weights only; leave out --with-optimizer")
+    if model:
+        spec = get_spec(model)
+    else:
+        fits = [s for s in _registered() if s.block.type == "bottleneck" and not formats.caffe.fault(raw, s)]
+        if not fits:
+            raise CheckpointError(f"{raw.path}: fits no registered model's Caffe layout (pass --model, "
+                                  f"e.g. sknet50_caffe, to name the first layer at fault)")
+        spec = sorted(fits, key=lambda s: not s.name.endswith("_caffe"))[0]
+    weights = formats.caffe.canonical(raw, spec)
+    check_values(weights, raw.path, (), allow_nonfinite)
+    dst_scheme = scheme_for(layout, dst_format)
+    out = layout_tensors(spec, dst_scheme, weights)
+    formats.write(dst, out)
+    return Report(raw.path, str(dst), spec.name, raw.format, "caffe", dst_format, dst_scheme, len(out),
+                  False, time.perf_counter() - start)
 
 
 def export(spec, tensors, dst, layout="native", tracked=None, momentum=None, scalars=None):

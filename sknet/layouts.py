@@ -31,7 +31,8 @@ MS_BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
 # Order of a BN's tensors in each framework's own listing (state_dict / get_parameters).
 TORCH_BN_ORDER = ("weight", "bias", "running_mean", "running_var")
 MS_BN_ORDER = ("running_mean", "running_var", "weight", "bias")
-SCHEME_LABEL = {"torch": "timm/PyTorch", "mindspore": "MindSpore", "mindcv": "mindcv"}
+SCHEME_LABEL = {"torch": "timm/PyTorch", "mindspore": "MindSpore", "mindcv": "mindcv",
+                "caffe": "the authors' Caffe"}
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,8 @@ def conv_out(size, kernel, stride, padding, dilation=1):
 def pool_out(size, pool):
     if pool.padding == "same":
         return -(-size // pool.stride)
+    if pool.padding == "caffe":
+        return -(-max(size - pool.kernel_size, 0) // pool.stride) + 1
     return conv_out(size, pool.kernel_size, pool.stride, (pool.kernel_size - 1) // 2)
 
 
@@ -152,10 +154,19 @@ def same_pads(n: int, kernel: int, stride: int) -> Tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def ceil_pads(n: int, kernel: int, stride: int) -> Tuple[int, int]:
+    """(before, after) padding that Caffe's rounded-up pooling of ``n`` pixels amounts to:
+    none before; after, what the last window hangs over the edge (padded with -inf)."""
+    out = (max(n - kernel, 0) + stride - 1) // stride + 1
+    return 0, (out - 1) * stride + kernel - n
+
+
 def pool_pads(pool, height, width):
     """(top, bottom, left, right) padding of the stem's max-pool on a height x width map."""
     if pool.padding == "same":
         return same_pads(height, pool.kernel_size, pool.stride) + same_pads(width, pool.kernel_size, pool.stride)
+    if pool.padding == "caffe":
+        return ceil_pads(height, pool.kernel_size, pool.stride) + ceil_pads(width, pool.kernel_size, pool.stride)
     p = (pool.kernel_size - 1) // 2
     return (p, p, p, p)
 
@@ -167,6 +178,7 @@ def _conv(in_ch, out_ch, hw, kernel=1, stride=1, dilation=1, groups=1):
 
 def _sk_unit(spec, stage, in_ch, channels, stride, hw):
     sk = spec.sk
+    width = sk.attn_widths[stage] if sk.attn_widths and sk.attn_widths[stage] else attn_width(sk, channels)
     m = len(sk.branches)
     groups = min(channels, spec.stages.groups)
     if sk.split_input and in_ch % m:
@@ -177,7 +189,7 @@ def _sk_unit(spec, stage, in_ch, channels, stride, hw):
         raise SpecError(spec.source, "stages.groups",
                         f"stage {stage}: {branch_in} -> {channels} channels are not divisible by {groups} groups")
     branches = tuple(_conv(branch_in, channels, hw, b.kernel_size, stride, b.dilation, groups) for b in sk.branches)
-    return SKPlan(in_ch, channels, sk.split_input, branches, attn_width(sk, channels))
+    return SKPlan(in_ch, channels, sk.split_input, branches, width)
 
 
 def _block(spec, stage, name, in_ch, planes, stride, hw):

@@ -78,6 +78,9 @@ class ScheduleRecipe:
     # Step: lr *= gamma every step_epochs epochs, counted from the start of training.
     step_epochs: int = 30
     gamma: float = 0.1
+    # Step, when given: lr *= gamma at each of these epochs instead of every step_epochs
+    # (ResNeXt's and SKNet's CIFAR schedule: 150 and 225 of 300).
+    milestones: Tuple[int, ...] = ()
     # True: lr changes every optimizer step (mindcv's default); False: once per epoch.
     per_step: bool = True
 
@@ -206,6 +209,8 @@ def _check(recipe):
          f"must be positive, got {s.decay_epochs}")
     need(s.step_epochs >= 1, "schedule.step_epochs", f"must be >= 1, got {s.step_epochs}")
     need(0 < s.gamma <= 1, "schedule.gamma", f"must be in (0, 1], got {s.gamma}")
+    need(all(m >= 1 for m in s.milestones) and list(s.milestones) == sorted(set(s.milestones)),
+         "schedule.milestones", f"must be increasing epochs >= 1, got {list(s.milestones)}")
 
     a = recipe.amp
     need(a.loss_scale >= 1, "amp.loss_scale", f"must be >= 1, got {a.loss_scale}")

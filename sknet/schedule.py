@@ -26,8 +26,8 @@ def learning_rates(recipe, steps_per_epoch, world_size=1):
     Warm-up rises linearly from ``warmup_factor * peak`` over ``warmup_epochs``; then
     cosine decays from the peak to ``min_lr`` over ``decay_epochs`` (and stays there), or
     the step kind multiplies by ``gamma`` every ``step_epochs`` epochs counted from the
-    start of training. With ``per_step: false`` the epoch position is floored, so the lr
-    changes once per epoch.
+    start of training (or at each of ``milestones``). With ``per_step: false`` the epoch
+    position is floored, so the lr changes once per epoch.
     """
     if steps_per_epoch < 1:
         raise SpecError(recipe.source, "batch_size",
@@ -46,6 +46,9 @@ def learning_rates(recipe, steps_per_epoch, world_size=1):
         span = float(sched.decay_epochs) if sched.decay_epochs is not None else recipe.epochs - warm
         tc = np.minimum(t - warm, span)
         lr = sched.min_lr + 0.5 * (peak - sched.min_lr) * (1.0 + np.cos(math.pi * tc / span))
+    elif sched.kind == "step" and sched.milestones:
+        passed = sum((steps >= m * steps_per_epoch).astype(np.int64) for m in sched.milestones)
+        lr = peak * sched.gamma ** passed.astype(np.float64)
     elif sched.kind == "step":
         # Integer division of the step index keeps the boundaries exact at any steps_per_epoch.
         lr = peak * sched.gamma ** (steps // (sched.step_epochs * steps_per_epoch)).astype(np.float64)

@@ -23,6 +23,9 @@ class InputSpec:
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bicubic"
     mean: Tuple[float, ...] = (0.485, 0.456, 0.406)
     std: Tuple[float, ...] = (0.229, 0.224, 0.225)
+    # The order the network's input channels are in; mean and std are given in that order.
+    # "bgr": Caffe models trained on OpenCV-decoded images (the authors' SKNet-50/101).
+    channel_order: Literal["rgb", "bgr"] = "rgb"
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,9 @@ class PoolSpec:
     stride: int = 2
     # "symmetric": pad (k-1)//2 on every side, as PyTorch's MaxPool2d(padding=1) and timm.
     # "same": TensorFlow/MindSpore pad_mode="same", extra padding bottom/right only, as mindcv.
-    padding: Literal["symmetric", "same"] = "symmetric"
+    # "caffe": no padding, output size rounded up (Caffe's pooling), so the last window may
+    # hang over the bottom/right edge and takes the maximum of the pixels it covers.
+    padding: Literal["symmetric", "same", "caffe"] = "symmetric"
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,9 @@ class SKSpec:
     rd_ratio: float = 1 / 16
     rd_divisor: int = 8
     min_width: Optional[int] = None
+    # One attention width per stage, replacing the rule above where given (0: the rule):
+    # the authors' SKNet-101 prototxt has d = 16 in its second stage where the rule gives 32.
+    attn_widths: Tuple[int, ...] = ()
 
     @property
     def num_branches(self):
@@ -243,6 +251,10 @@ def _check(spec):
     need(0 < sk.rd_ratio <= 1, "sk.rd_ratio", f"must be in (0, 1], got {sk.rd_ratio}")
     need(sk.rd_divisor >= 1, "sk.rd_divisor", f"must be >= 1, got {sk.rd_divisor}")
     need(sk.min_width is None or sk.min_width >= 1, "sk.min_width", "must be >= 1")
+    need(not sk.attn_widths or len(sk.attn_widths) == n, "sk.attn_widths",
+         f"has {len(sk.attn_widths)} entries for {n} stages")
+    for i, w in enumerate(sk.attn_widths):
+        need(w >= 0, f"sk.attn_widths[{i}]", f"must be >= 0 (0: by the rule), got {w}")
     need(0 <= spec.norm.momentum <= 1, "norm.momentum", f"must be in [0, 1], got {spec.norm.momentum}")
     need(spec.norm.eps > 0, "norm.eps", f"must be positive, got {spec.norm.eps}")
     need(0 <= spec.head.dropout < 1, "head.dropout", f"must be in [0, 1), got {spec.head.dropout}")
@@ -270,6 +282,8 @@ def _check(spec):
     within("sk.rd_divisor", spec.sk.rd_divisor)
     if spec.sk.min_width is not None:
         within("sk.min_width", spec.sk.min_width)
+    for i, w in enumerate(spec.sk.attn_widths):
+        within(f"sk.attn_widths[{i}]", w, "sk.min_width")
     # Channel arithmetic (widths, groups, the split input) is checked where it is done.
     build_plan(spec)
     # Each value within its bound can still multiply into a network no machine holds.

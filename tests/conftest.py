@@ -17,6 +17,9 @@ REFERENCE_PARAMS = {
     "skresnext50_32x4d": 27_479_784,
     "mindcv_skresnet18": 11_958_056,
     "mindcv_skresnext50_32x4d": 37_245_352,
+    # Counted from the authors' prototxts (tests/fixtures/make_caffe_fixtures.py).
+    "sknet50_caffe": 27_479_784,
+    "sknet101_caffe": 48_686_760,
 }
 
 

@@ -8,7 +8,7 @@ from sknet.params import init_state, tensor_specs
 from sknet.tree import count_params
 
 # Small inputs keep the all-model sweep fast; the output shape does not depend on them.
-SWEEP_SIZE = {"sknet_small": 28}
+SWEEP_SIZE = {"sknet_small": 28, "sknet29": 32}
 
 
 def transfer(src_state, spec, ms_net):

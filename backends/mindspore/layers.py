@@ -151,13 +151,16 @@ def max_pool(pool):
     """The stem's max-pool of the ``PoolSpec`` ``pool`` (identity for None).
 
     "same" is MindSpore's own rule (TensorFlow's): the odd extra row and column of padding
-    go bottom/right, as ``sknet.plan.pool_pads`` says; "symmetric" pads (k - 1) / 2 all round.
+    go bottom/right, as ``sknet.plan.pool_pads`` says; "symmetric" pads (k - 1) / 2 all round;
+    "caffe" pads nothing and rounds the output size up.
     """
     if pool is None:
         return nn.Identity()
     k, s = pool.kernel_size, pool.stride
     if pool.padding == "same":
         return nn.MaxPool2d(k, s, pad_mode="same")
+    if pool.padding == "caffe":
+        return nn.MaxPool2d(k, s, pad_mode="pad", padding=0, ceil_mode=True)
     return nn.MaxPool2d(k, s, pad_mode="pad", padding=(k - 1) // 2)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from sknet.errors import BackendMissing, SKNetError
+from sknet.plan import build_plan, pool_pads
 
 from .fuse import fold_batchnorm
 from .model import INPUT, OUTPUT, build_model, check_opset, check_tensors
@@ -80,8 +81,8 @@ def from_mindspore(spec, tensors, opset, fuse_bn, dynamic_batch, batch, size):
     # and they are on or off by ONEDNN_MAX_CPU_ISA, so the graph would depend on the environment.
     net = bm.load_canonical(bm.build(spec, options=bm.FastOptions.plain()), tensors)
     net.set_train(False)
-    if spec.stem.pool is not None and spec.stem.pool.padding == "symmetric":
-        net.maxpool = _exportable_pool(spec.stem.pool)
+    if spec.stem.pool is not None and spec.stem.pool.padding in ("symmetric", "caffe"):
+        net.maxpool = _exportable_pool(spec.stem.pool, build_plan(spec, size).stem.conv.out_hw)
     mode = ms.get_context("mode")
     ms.set_context(mode=ms.GRAPH_MODE)
     try:
@@ -112,8 +113,9 @@ def from_mindspore(spec, tensors, opset, fuse_bn, dynamic_batch, batch, size):
     return model
 
 
-def _exportable_pool(pool):
-    """MaxPool with symmetric padding that MindSpore's exporter can write.
+def _exportable_pool(pool, hw):
+    """MaxPool with symmetric or Caffe's padding that MindSpore's exporter can write, for an
+    ``hw`` x ``hw`` map (this export has a fixed size).
 
     MindSpore lowers ``MaxPool2d(pad_mode="pad")`` to MaxPool3DWithArgmax, which its ONNX
     exporter cannot write. The stem's pool always follows a ReLU, so its input is >= 0
@@ -122,12 +124,12 @@ def _exportable_pool(pool):
     """
     from mindspore import nn
 
-    p = (pool.kernel_size - 1) // 2
+    top, bottom, left, right = pool_pads(pool, hw, hw)
 
     class ZeroPadMaxPool(nn.Cell):
         def __init__(self):
             super().__init__()
-            self.pad = nn.Pad(((0, 0), (0, 0), (p, p), (p, p)))
+            self.pad = nn.Pad(((0, 0), (0, 0), (top, bottom), (left, right)))
             self.pool = nn.MaxPool2d(pool.kernel_size, pool.stride, pad_mode="valid")
 
         def construct(self, x):

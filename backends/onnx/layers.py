@@ -87,5 +87,8 @@ def max_pool(g, name, x, pool):
         # SAME_UPPER puts the odd padding row/column at the end, as TensorFlow and MindSpore do.
         return g.node("MaxPool", [x], name, kernel_shape=[pool.kernel_size] * 2,
                       strides=[pool.stride] * 2, auto_pad="SAME_UPPER")
+    if pool.padding == "caffe":
+        return g.node("MaxPool", [x], name, kernel_shape=[pool.kernel_size] * 2, strides=[pool.stride] * 2,
+                      pads=[0] * 4, ceil_mode=1)
     return g.node("MaxPool", [x], name, kernel_shape=[pool.kernel_size] * 2, strides=[pool.stride] * 2,
                   pads=[(pool.kernel_size - 1) // 2] * 4)

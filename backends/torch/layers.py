@@ -160,4 +160,6 @@ def max_pool(pool):
         return nn.Identity()
     if pool.padding == "same":
         return SamePadMaxPool2d(pool)
+    if pool.padding == "caffe":
+        return nn.MaxPool2d(pool.kernel_size, pool.stride, 0, ceil_mode=True)
     return nn.MaxPool2d(pool.kernel_size, pool.stride, (pool.kernel_size - 1) // 2)

@@ -86,11 +86,12 @@ def input_settings(recipe, spec):
 
 def build_transform(recipe, spec, train):
     size, crop_pct, interpolation, mean, std = input_settings(recipe, spec)
+    bgr = spec.input.channel_order == "bgr"
     if not train:
-        return EvalTransform(size, mean, std, crop_pct, interpolation)
+        return EvalTransform(size, mean, std, crop_pct, interpolation, bgr)
     d = recipe.data
     return TrainTransform(size, mean, std, d.crop, d.scale, d.ratio, d.padding, interpolation, d.hflip,
-                          d.color_jitter, d.re_prob, d.re_mode, crop_pct)
+                          d.color_jitter, d.re_prob, d.re_mode, crop_pct, bgr)
 
 
 def build_dataset(recipe, spec=None, split="train", augment=None):

@@ -130,9 +130,12 @@ def color_jitter(img, rng, strength):
     return x
 
 
-def normalize(img, mean, std):
-    """uint8/float HWC in [0, 255] -> float32 CHW, (x / 255 - mean) / std per channel."""
+def normalize(img, mean, std, bgr=False):
+    """uint8/float HWC in [0, 255] -> float32 CHW, (x / 255 - mean) / std per channel; with
+    ``bgr`` the RGB image's channels are reversed first (mean and std are in BGR order)."""
     x = np.asarray(img, np.float32) * np.float32(1 / 255)
+    if bgr and x.shape[2] == 3:
+        x = x[:, :, ::-1]
     mean = np.asarray(mean, np.float32)
     std = np.asarray(std, np.float32)
     x = (x - mean) / std
@@ -196,8 +199,8 @@ class TrainTransform:
 
     def __init__(self, size, mean, std, crop="random_resized", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                  padding=4, interpolation="bilinear", hflip=0.5, color_jitter=0.0, re_prob=0.0,
-                 re_mode="const", crop_pct=1.0):
-        self.size, self.mean, self.std = size, tuple(mean), tuple(std)
+                 re_mode="const", crop_pct=1.0, bgr=False):
+        self.size, self.mean, self.std, self.bgr = size, tuple(mean), tuple(std), bgr
         self.crop, self.scale, self.ratio, self.padding = crop, tuple(scale), tuple(ratio), padding
         self.interpolation, self.hflip, self.color_jitter = interpolation, hflip, color_jitter
         self.re_prob, self.re_mode, self.crop_pct = re_prob, re_mode, crop_pct
@@ -212,15 +215,15 @@ class TrainTransform:
         img = hflip(img, rng, self.hflip)
         if self.color_jitter > 0:
             img = color_jitter(img, rng, self.color_jitter)
-        x = normalize(img, self.mean, self.std)
+        x = normalize(img, self.mean, self.std, self.bgr)
         return random_erasing(x, rng, self.re_prob, self.re_mode)
 
 
 class EvalTransform:
     """Resize the shorter side to floor(size / crop_pct), centre-crop size, normalise."""
 
-    def __init__(self, size, mean, std, crop_pct=0.875, interpolation="bilinear"):
-        self.size, self.mean, self.std = size, tuple(mean), tuple(std)
+    def __init__(self, size, mean, std, crop_pct=0.875, interpolation="bilinear", bgr=False):
+        self.size, self.mean, self.std, self.bgr = size, tuple(mean), tuple(std), bgr
         self.crop_pct, self.interpolation = crop_pct, interpolation
 
     def crop(self, img):
@@ -228,4 +231,4 @@ class EvalTransform:
         return center_crop(img, self.size)
 
     def __call__(self, img, rng=None):
-        return normalize(self.crop(img), self.mean, self.std)
+        return normalize(self.crop(img), self.mean, self.std, self.bgr)

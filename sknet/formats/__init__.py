@@ -6,7 +6,8 @@ file's extension, give one-line errors naming the file, and write through
 ``sknet.atomic.atomic_write`` (whole or not at all). Reading never runs code from a file
 and checks every size against the file before allocating. PyTorch files need PyTorch;
 ``.ckpt`` and safetensors files need neither MindSpore nor PyTorch to read, and writing
-a ``.ckpt`` needs MindSpore. Each package is imported when a file of its format is first touched.
+a ``.ckpt`` needs MindSpore. Caffe ``.caffemodel`` files are read only (with the protobuf
+package, no Caffe). Each package is imported when a file of its format is first touched.
 """
 import importlib
 import os
@@ -14,16 +15,17 @@ from pathlib import Path
 
 from ..atomic import atomic_write
 from ..errors import CheckpointError
-from . import mindspore, safetensors, torch
+from . import caffe, mindspore, safetensors, torch
 from .raw import MOMENTS, RawCheckpoint, one_line
 
 __all__ = ["FORMATS", "MOMENTS", "RawCheckpoint", "format_of", "label", "read", "write"]
 
-FORMATS = {".pth": torch, ".pt": torch, ".bin": torch, ".ckpt": mindspore, ".safetensors": safetensors}
+FORMATS = {".pth": torch, ".pt": torch, ".bin": torch, ".ckpt": mindspore, ".safetensors": safetensors,
+           ".caffemodel": caffe}
 # (package, extra) each format needs to (read, write): .ckpt and safetensors are read without their frameworks.
 NEEDS = {"torch": ("torch", "torch"), "mindspore": ("mindspore", "mindspore"),
-         "safetensors": ("safetensors", "safetensors")}
-READ_NEEDS = ("torch",)
+         "safetensors": ("safetensors", "safetensors"), "caffe": ("google.protobuf", "caffe")}
+READ_NEEDS = ("torch", "caffe")
 
 
 def format_module(path):
@@ -77,6 +79,9 @@ def write(path, tensors, momentum=None, scalars=None):
     trainers write them. The same content gives the same bytes.
     """
     module = format_module(path)
+    if not hasattr(module, "write"):
+        raise CheckpointError(f"{path}: {module.LABEL} files are read, not written (write .pth, .ckpt "
+                              f"or .safetensors)")
     _need(module, "writing")
 
     def write_tmp(tmp):
