@@ -73,7 +73,7 @@ def draw(rows):
         ax.set_ylim(84, 94)
         ax.grid(alpha=0.3)
     ax_ep.set_xlabel("epoch (each run's cosine ends at its last epoch)")
-    ax_t.set_xlabel("training minutes on a quiet 2-core machine (epochs x 60,000 / quiet images/s)")
+    ax_t.set_xlabel("quiet-machine training minutes (epochs x 60,000 / quiet img/s)")
     ax_t.axvline(12.0, color="red", ls=":", lw=0.8)
     ax_ep.legend(fontsize=7, loc="lower right")
     fig.suptitle("Fashion-MNIST, torchrun 2 CPU workers: test top-1 after each epoch")
