@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: train sknet_small on Fashion-MNIST with torchrun on 2 CPU workers, convert the
+# The main job: train sknet_fmnist on Fashion-MNIST with torchrun on 2 CPU workers, convert the
 # checkpoint to MindSpore, evaluate it with MindSpore and with PyTorch, print both test accuracies.
 # A fresh machine is set up first (scripts/setup.sh: Debian's Fashion-MNIST, .venv, the package).
 #   OUT=runs/main  NPROC=2  [EPOCHS=N]  [SETS="--set key=value ..."]  scripts/main.sh
@@ -15,7 +15,7 @@ SETS=${SETS:-}
 EPOCH_ARGS=()
 [ -n "$EPOCHS" ] && EPOCH_ARGS=(--epochs "$EPOCHS")
 NPROC=${NPROC:-2}
-RECIPE=fashion_mnist_small
+RECIPE=fashion_mnist
 # One thread per worker: NPROC workers on NPROC cores, no oversubscription.
 export OMP_NUM_THREADS=1 GLOG_v=3
 rm -rf "$OUT/torch"
@@ -28,10 +28,10 @@ echo "== train: torchrun --nproc_per_node=$NPROC, recipe $RECIPE ${EPOCHS:+($EPO
 t1=$(date +%s)
 
 echo "== convert to MindSpore"
-.venv/bin/sknet convert "$OUT/torch/last.pth" "$OUT/sknet_small.ckpt"
+.venv/bin/sknet convert "$OUT/torch/last.pth" "$OUT/sknet_fmnist.ckpt"
 
 echo "== evaluate the test split on both backends"
-.venv/bin/sknet validate --config "$RECIPE" --checkpoint "$OUT/sknet_small.ckpt" --backend mindspore --json > "$OUT/eval_mindspore.json"
+.venv/bin/sknet validate --config "$RECIPE" --checkpoint "$OUT/sknet_fmnist.ckpt" --backend mindspore --json > "$OUT/eval_mindspore.json"
 .venv/bin/sknet validate --config "$RECIPE" --checkpoint "$OUT/torch/last.pth" --backend torch --json > "$OUT/eval_torch.json"
 t2=$(date +%s)
 
