@@ -9,8 +9,8 @@ One folder (the foolbox ImageNet photos, plus scikit-image's if installed, resiz
 saturation) and ImageNet normalisation. Each pipeline runs in its own process pinned to
 as many cores as it has workers (``taskset``; every library held to one thread per
 core), so figures are images/s per core. "sknet" is the trainers' path (float32 NCHW
-batches, normalised on the host); "sknet-u8" hands uint8 batches to the step, which
-normalises them on the device (what both training adapters do).
+batches from sknet.data through the PyTorch adapter's DataLoader); all three give
+normalised float32 CHW batches.
 """
 import argparse
 import importlib.util
@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PIPELINES = ("sknet", "sknet-u8", "mindspore", "pil")
+PIPELINES = ("sknet", "mindspore", "pil")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 JITTER, SCALE, RATIO = 0.4, (0.08, 1.0), (3 / 4, 4 / 3)
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -100,7 +100,7 @@ def pass_times(batches, steps, passes):
     return [b - a for a, b in zip(marks, marks[1:])]
 
 
-def sknet_source(folder, size, uint8):
+def sknet_source(folder, size):
     from sknet.data import Dataset
     from sknet.data.folder import scan
     from sknet.data.transforms import TrainTransform
@@ -112,22 +112,21 @@ def sknet_source(folder, size, uint8):
                    channels=3, name=folder)
 
 
-def run_sknet(args, workers, uint8):
+def run_sknet(args, workers):
     import torch
 
     from sknet.data import epoch_batches
     from sknet.training.batches import BatchSource
 
     torch.set_num_threads(1)
-    ds = sknet_source(args.folder, args.size, uint8)
+    ds = sknet_source(args.folder, args.size)
     per_pass = epoch_batches(len(ds), 1, 0, args.batch, 0, 0)
     order = [b for epoch in range(args.passes + 1) for b in epoch_batches(len(ds), 1, 0, args.batch, 0, epoch)]
     # The trainers' loader (backends/torch/train.py): whole batches built by worker processes.
     loader = torch.utils.data.DataLoader(BatchSource(ds, order, 0), batch_size=None, shuffle=False,
                                          num_workers=workers if workers > 1 else 0,
                                          multiprocessing_context="fork" if workers > 1 else None)
-    dtype = torch.uint8 if uint8 else torch.float32
-    return pass_times((x for x, _ in loader if x.dtype == dtype), len(per_pass), args.passes)
+    return pass_times((x for x, _ in loader if x.dtype == torch.float32), len(per_pass), args.passes)
 
 
 def run_mindspore(args, workers):
@@ -199,13 +198,22 @@ def run_pil(args, workers):
         return np.stack([load(p) for p, _ in items]), np.array([y for _, y in items])
 
     total = steps * (args.passes + 1)
+    global _PIL_BATCH
+    _PIL_BATCH = make_batch   # forked workers inherit it: a local function does not pickle
     pool = get_context("fork").Pool(workers) if workers > 1 else None
     try:
-        batches = pool.imap(make_batch, range(total)) if pool else map(make_batch, range(total))
+        batches = pool.imap(_pil_batch, range(total)) if pool else map(make_batch, range(total))
         return pass_times((x for x, _ in batches if x.shape == (args.batch, 3, size, size)), steps, args.passes)
     finally:
         if pool:
             pool.close()
+
+
+_PIL_BATCH = None
+
+
+def _pil_batch(k):
+    return _PIL_BATCH(k)
 
 
 def child(args):
@@ -216,7 +224,7 @@ def child(args):
     elif name == "pil":
         times = run_pil(args, workers)
     else:
-        times = run_sknet(args, workers, uint8=name == "sknet-u8")
+        times = run_sknet(args, workers)
     print(json.dumps({"times": times}))
 
 
@@ -289,7 +297,9 @@ def main(argv=None):
                   "load": load, "versions": versions(),
                   "rows": [{"pipeline": n, "workers": w, "per_core": v} for n, by_w in rows.items()
                            for w, v in by_w.items()]}
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        from sknet.atomic import atomic_write
+
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
     return 0 if all(v is not None for by_w in rows.values() for v in by_w.values()) else 1
 
 
