@@ -172,8 +172,8 @@ def color_jitter_u8(img, rng, strength):
     """``color_jitter``'s draws and order on uint8: each adjustment rounds to whole levels.
 
     Brightness and contrast are lookup tables on every band; saturation blends with the
-    greyscale image as PIL's ImageEnhance.Color does. Each step differs from the float32
-    ``color_jitter`` by less than one level (rounding), and no float image is made.
+    greyscale image as PIL's ImageEnhance.Color does. Each step rounds to whole levels, so
+    the result stays within 3 levels of the float32 ``color_jitter``; no float image is made.
     Returns a uint8 HWC array.
     """
     if strength <= 0:
