@@ -331,3 +331,38 @@ def test_mindcv_pipeline_on_imagenet_photos(tmp_path):
     assert v.shape == (len(val), 3, 64, 64) and np.isfinite(v).all()
     # Eval images are deterministic and unaugmented: no epoch dependence.
     np.testing.assert_array_equal(v, val.batch(range(len(val)), epoch=9)[0])
+
+
+def test_uint8_jitter_and_table_normalisation_track_the_float_reference():
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)
+    for i in range(20):
+        got = T.color_jitter_u8(img, np.random.default_rng([i]), 0.4)
+        ref = T.color_jitter(img, np.random.default_rng([i]), 0.4)
+        assert got.dtype == np.uint8 and got.shape == img.shape
+        # Same draws and order; each of the three steps rounds to whole levels (<= 1 each).
+        assert np.abs(got.astype(np.float32) - ref).max() <= 3.0
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    np.testing.assert_array_equal(T.normalize_u8(img, mean, std), T.normalize(img, mean, std))
+
+
+def test_encoded_jpeg_crops_decode_at_reduced_scale_only_when_they_shrink(tmp_path):
+    from sknet.data.folder import Encoded
+
+    yy, xx = np.mgrid[0:480, 0:640]
+    smooth = np.stack([xx * 255 // 639, yy * 255 // 479, (xx + yy) * 255 // 1118], axis=2).astype(np.uint8)
+    path = tmp_path / "a.jpg"
+    Image.fromarray(smooth).save(path, quality=95)
+    full = Image.open(path).convert("RGB")
+    enc = Encoded(str(path), 3)
+    assert enc.shape == (480, 640, 3)
+    # A crop that shrinks less than 2x: the same pixels as full decode + PIL resize.
+    box = (40, 60, 300, 400)
+    ref = np.asarray(full.resize((224, 224), Image.BICUBIC, box=(60, 40, 460, 340)))
+    np.testing.assert_array_equal(enc.resized(box, 224, 224, Image.BICUBIC), ref)
+    # The whole image to 64 px: decoded at 1/4 scale, close to the full decode on a smooth image,
+    # and the same on every call (what keeps both backends' batches identical).
+    small = enc.resized((0, 0, 480, 640), 64, 64, Image.BICUBIC)
+    ref = np.asarray(full.resize((64, 64), Image.BICUBIC)).astype(int)
+    assert np.abs(small.astype(int) - ref).mean() < 2.0
+    np.testing.assert_array_equal(small, Encoded(str(path), 3).resized((0, 0, 480, 640), 64, 64, Image.BICUBIC))

@@ -9,7 +9,7 @@ and is picklable for loader worker processes.
 import numpy as np
 
 from ..errors import SpecError
-from .folder import decode, scan
+from .folder import Encoded, decode, scan
 from .idx import FASHION_MNIST_CLASSES, DatasetError, load_split
 from .sampler import epoch_batches, epoch_order, shard_indices, steps_per_epoch
 from .transforms import EvalTransform, TrainTransform, item_rng
@@ -50,12 +50,16 @@ class Dataset:
             img = np.repeat(img, self.channels, axis=2)
         return img
 
+    def source(self, index):
+        """What the transform starts from: an in-memory image, or a file decoded once the crop is known."""
+        return Encoded(self.paths[index], self.channels) if self.paths is not None else self.raw(index)
+
     def item(self, index, epoch):
         """(float32 CHW image, int label) of ``index`` as augmented in ``epoch``."""
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
-        x = self.transform(self.raw(index), item_rng(self.seed, epoch, index))
+        x = self.transform(self.source(index), item_rng(self.seed, epoch, index))
         return x, int(self.labels[index])
 
     def __getitem__(self, index):

@@ -1,0 +1,307 @@
+"""Training input pipelines side by side: sknet.data, mindspore.dataset's C++ ops, plain PIL.
+
+    python benchmarks/input_pipeline.py                       # 200 images, best of 3, 1 and 2 workers
+    python benchmarks/input_pipeline.py --images 16 --passes 1 --workers 1 --size 64   # smoke
+
+One folder (the foolbox ImageNet photos, plus scikit-image's if installed, resized to
+500x375 and saved as JPEG quality 90), one recipe: RandomResizedCrop (bicubic, scale
+0.08-1, ratio 3/4-4/3), horizontal flip 0.5, colour jitter 0.4 (brightness, contrast,
+saturation) and ImageNet normalisation. Each pipeline runs in its own process pinned to
+as many cores as it has workers (``taskset``; every library held to one thread per
+core), so figures are images/s per core. "sknet" is the trainers' path (float32 NCHW
+batches from sknet.data through the PyTorch adapter's DataLoader); all three give
+normalised float32 CHW batches.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PIPELINES = ("sknet", "mindspore", "pil")
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+JITTER, SCALE, RATIO = 0.4, (0.08, 1.0), (3 / 4, 4 / 3)
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=200, help="images per pass")
+    p.add_argument("--passes", type=int, default=3, help="timed passes; the best counts")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (cores) to time")
+    p.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
+    p.add_argument("--folder", help="an existing ImageFolder root/train/<class>/*.jpg (else built in a temp dir)")
+    p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# --- the folder -----------------------------------------------------------------------------------
+
+def shipped_photos():
+    """(label, PIL image) of the photos shipped with installed packages, never downloaded."""
+    from PIL import Image
+
+    found = []
+    spec = importlib.util.find_spec("foolbox")
+    if spec and spec.origin:
+        # foolbox is installed without its dependencies, only for its photos: locate, don't import.
+        for path in sorted((Path(spec.origin).parent / "data").glob("imagenet_*.jpg")):
+            found.append((f"n{int(path.stem.split('_')[2]):04d}", Image.open(path)))
+    if importlib.util.find_spec("skimage"):
+        from skimage import data
+
+        for name in ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left"):
+            try:
+                found.append((f"skimage_{name}", Image.fromarray(getattr(data, name)())))
+            except Exception:  # an image whose file scikit-image would have to download
+                continue
+    return found
+
+
+def build_folder(root, count):
+    """``root/train/<label>/*.jpg``: ``count`` files cycling through the shipped photos."""
+    from PIL import Image
+
+    photos = shipped_photos()
+    if not photos:
+        raise SystemExit("no shipped photos: pip install --no-deps foolbox==3.3.4 (its 20 ImageNet photos)")
+    for k in range(count):
+        label, img = photos[k % len(photos)]
+        folder = Path(root) / "train" / label
+        folder.mkdir(parents=True, exist_ok=True)
+        img.convert("RGB").resize((500, 375), Image.BICUBIC).save(folder / f"{k:05d}.jpg", quality=90)
+    return root
+
+
+# --- the pipelines, each timed in a pinned child process ------------------------------------------
+
+def pass_times(batches, steps, passes):
+    """Seconds of each of ``passes`` passes of ``steps`` batches, after an untimed warm-up pass.
+
+    One stream of batches, timed at their arrival: every pipeline here prefetches in the
+    background, so a pass is the time between the arrivals that close consecutive passes,
+    and start-up (worker processes, threads) falls into the warm-up pass.
+    """
+    marks = []
+    for k, _ in enumerate(batches, 1):
+        if k % steps == 0:
+            marks.append(time.perf_counter())
+        if k == steps * (passes + 1):
+            break
+    return [b - a for a, b in zip(marks, marks[1:])]
+
+
+def sknet_source(folder, size):
+    from sknet.data import Dataset
+    from sknet.data.folder import scan
+    from sknet.data.transforms import TrainTransform
+
+    classes, samples = scan(folder, "train")
+    tf = TrainTransform(size, MEAN, STD, "random_resized", SCALE, RATIO, interpolation="bicubic",
+                        hflip=0.5, color_jitter=JITTER)
+    return Dataset(None, [y for _, y in samples], classes, tf, seed=0, paths=[p for p, _ in samples],
+                   channels=3, name=folder)
+
+
+def run_sknet(args, workers):
+    import torch
+
+    from sknet.data import epoch_batches
+    from sknet.training.batches import BatchSource
+
+    torch.set_num_threads(1)
+    ds = sknet_source(args.folder, args.size)
+    per_pass = epoch_batches(len(ds), 1, 0, args.batch, 0, 0)
+    order = [b for epoch in range(args.passes + 1) for b in epoch_batches(len(ds), 1, 0, args.batch, 0, epoch)]
+    # The trainers' loader (backends/torch/train.py): whole batches built by worker processes.
+    loader = torch.utils.data.DataLoader(BatchSource(ds, order, 0), batch_size=None, shuffle=False,
+                                         num_workers=workers if workers > 1 else 0,
+                                         multiprocessing_context="fork" if workers > 1 else None)
+    return pass_times((x for x, _ in loader if x.dtype == torch.float32), len(per_pass), args.passes)
+
+
+def run_mindspore(args, workers):
+    import mindspore.dataset as ds
+    import mindspore.dataset.vision as vision
+    from mindspore.dataset.vision import Inter
+
+    ds.config.set_num_parallel_workers(workers)
+    ds.config.set_seed(0)
+    ops = [vision.RandomCropDecodeResize(args.size, scale=SCALE, ratio=RATIO, interpolation=Inter.BICUBIC),
+           vision.RandomHorizontalFlip(0.5),
+           vision.RandomColorAdjust(JITTER, JITTER, JITTER),
+           vision.Normalize([m * 255 for m in MEAN], [s * 255 for s in STD]),
+           vision.HWC2CHW()]
+    data = ds.ImageFolderDataset(str(Path(args.folder) / "train"), shuffle=True, decode=False,
+                                 num_parallel_workers=workers)
+    data = data.map(ops, input_columns="image", num_parallel_workers=workers)
+    data = data.batch(args.batch, drop_remainder=True, num_parallel_workers=workers)
+    steps = len(data)
+    data = data.repeat(args.passes + 1)
+    batches = (x for x, _ in data.create_tuple_iterator(num_epochs=1, output_numpy=True)
+               if x.shape == (args.batch, 3, args.size, args.size))
+    return pass_times(batches, steps, args.passes)
+
+
+def run_pil(args, workers):
+    """The textbook PIL pipeline (as torchvision's transforms do it), with JPEG draft decoding."""
+    import math
+    import random
+    from multiprocessing import get_context
+
+    import numpy as np
+    from PIL import Image, ImageEnhance
+
+    from sknet.data.folder import scan
+
+    _, samples = scan(args.folder, "train")
+    size = args.size
+    mean, std = np.array(MEAN, np.float32) * 255, np.array(STD, np.float32) * 255
+
+    def load(path):
+        img = Image.open(path)
+        img.draft("RGB", (size, size))
+        img = img.convert("RGB")
+        w, h = img.size
+        for _ in range(10):
+            area = w * h * random.uniform(*SCALE)
+            aspect = math.exp(random.uniform(math.log(RATIO[0]), math.log(RATIO[1])))
+            cw, ch = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+            if 0 < cw <= w and 0 < ch <= h:
+                break
+        else:
+            cw, ch = min(w, h), min(w, h)
+        left, top = random.randint(0, w - cw), random.randint(0, h - ch)
+        img = img.resize((size, size), Image.BICUBIC, box=(left, top, left + cw, top + ch))
+        if random.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        ops = [ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color]
+        random.shuffle(ops)
+        for op in ops:
+            img = op(img).enhance(random.uniform(1 - JITTER, 1 + JITTER))
+        return ((np.asarray(img, np.float32) - mean) / std).transpose(2, 0, 1)
+
+    steps = len(samples) // args.batch
+
+    def make_batch(k):
+        k %= steps
+        items = samples[k * args.batch:(k + 1) * args.batch]
+        return np.stack([load(p) for p, _ in items]), np.array([y for _, y in items])
+
+    total = steps * (args.passes + 1)
+    global _PIL_BATCH
+    _PIL_BATCH = make_batch   # forked workers inherit it: a local function does not pickle
+    pool = get_context("fork").Pool(workers) if workers > 1 else None
+    try:
+        batches = pool.imap(_pil_batch, range(total)) if pool else map(make_batch, range(total))
+        return pass_times((x for x, _ in batches if x.shape == (args.batch, 3, size, size)), steps, args.passes)
+    finally:
+        if pool:
+            pool.close()
+
+
+_PIL_BATCH = None
+
+
+def _pil_batch(k):
+    return _PIL_BATCH(k)
+
+
+def child(args):
+    name, workers = args.child.split(":")
+    workers = int(workers)
+    if name == "mindspore":
+        times = run_mindspore(args, workers)
+    elif name == "pil":
+        times = run_pil(args, workers)
+    else:
+        times = run_sknet(args, workers)
+    print(json.dumps({"times": times}))
+
+
+def measure(args, name, workers, images):
+    """images/s per core of ``name`` on ``workers`` cores, in a fresh pinned process."""
+    cores = sorted(os.sched_getaffinity(0))[:workers]
+    env = dict(os.environ, GLOG_v="3", **{v: "1" for v in THREAD_VARS})
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", f"{name}:{workers}", "--folder", args.folder,
+           "--images", str(args.images), "--passes", str(args.passes), "--batch", str(args.batch),
+           "--size", str(args.size)]
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", ",".join(map(str, cores))] + cmd
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"{name} with {workers} worker(s) failed: {tail}", file=sys.stderr)
+        return None
+    times = json.loads(proc.stdout.strip().splitlines()[-1])["times"]
+    return images / min(times) / workers
+
+
+def versions():
+    out = {"python": platform.python_version()}
+    for mod in ("PIL", "numpy", "torch", "mindspore"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    from PIL import features
+
+    out["libjpeg"] = f"{features.version('jpg')}{' turbo' if features.check_feature('libjpeg_turbo') else ''}"
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.child:
+        return child(args)
+    if args.images < args.batch:
+        raise SystemExit(f"--images {args.images} is less than one --batch {args.batch}")
+    images = args.images // args.batch * args.batch
+    tmp = None
+    if args.folder is None:
+        tmp = tempfile.mkdtemp(prefix="sknet-pipeline-")
+        args.folder = build_folder(tmp, args.images)
+    try:
+        rows = {name: {w: measure(args, name, w, images) for w in args.workers} for name in args.pipelines}
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# {images} images/pass, best of {args.passes}, {args.size} px, batch {args.batch}, "
+          f"load average {load:.2f} on {os.cpu_count()} cores; " + ", ".join(f"{k} {v}" for k, v in versions().items()))
+    ref = rows.get("mindspore", {})
+    head = "| pipeline | " + " | ".join(f"{w} worker(s): img/s per core | vs mindspore" for w in args.workers)
+    print(head + (" | scaling |" if len(args.workers) > 1 else " |"))
+    print("|---" * (1 + 2 * len(args.workers) + (len(args.workers) > 1)) + "|")
+    for name, by_w in rows.items():
+        cells = []
+        for w in args.workers:
+            v, r = by_w[w], ref.get(w)
+            cells += ["failed" if v is None else f"{v:.0f}",
+                      f"{v / r:.2f}x" if v is not None and r else "-"]
+        if len(args.workers) > 1:
+            lo, hi = by_w[args.workers[0]], by_w[args.workers[-1]]
+            cells.append(f"{hi * args.workers[-1] / (lo * args.workers[0]):.2f}x" if lo and hi else "-")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.json:
+        report = {"images": images, "passes": args.passes, "size": args.size, "batch": args.batch,
+                  "load": load, "versions": versions(),
+                  "rows": [{"pipeline": n, "workers": w, "per_core": v} for n, by_w in rows.items()
+                           for w, v in by_w.items()]}
+        from sknet.atomic import atomic_write
+
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
+    return 0 if all(v is not None for by_w in rows.values() for v in by_w.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
