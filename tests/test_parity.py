@@ -171,6 +171,26 @@ def test_cli_json_passes_on_a_small_model(capsys, torch, pynative):
             assert c["passed"] is True and c["max_rel"] <= c["tol"]
 
 
+def test_cli_reports_its_wall_time_and_peak_memory(capsys, torch, pynative):
+    import time
+
+    start = time.perf_counter()
+    code, out, _ = run_cli(capsys, "sknet_small", "--json", "--checks", "eval,train", "--batch", "4", "--size", "16")
+    outer = time.perf_counter() - start
+    report = json.loads(out)
+    cost = report["cost"]
+    # Independent measures: the wall clock around the call, and this process's resident
+    # memory now, which its high-water mark cannot be below.
+    with open("/proc/self/status") as f:
+        rss_now = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    per_check = [c["details"]["seconds"] for c in report["checks"] if "seconds" in c["details"]]
+    assert code == 0 and len(per_check) == 2
+    assert 0 < sum(per_check) <= cost["wall_s"] + 0.1 <= outer + 0.2
+    assert cost["peak_rss_mib"] >= rss_now - 1 and cost["peak_rss_children_mib"] >= 0
+    assert run_cli(capsys, "sknet_small", "--checks", "eval", "--batch", "4", "--size", "16")[1].splitlines()[-1] \
+        .startswith("wall ")
+
+
 def test_cli_rejects_an_unknown_check(capsys):
     code, out, err = run_cli(capsys, "sknet_small", "--checks", "eval,speed")
     assert code == 2 and out == "" and "unknown check 'speed'" in err and len(err.strip().splitlines()) == 1

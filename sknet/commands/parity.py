@@ -6,6 +6,7 @@ request). Prints a table (or JSON) and exits 1 when any check fails its toleranc
 import json
 import math
 import sys
+import time
 
 HELP = "cross-backend numerical parity (PyTorch vs MindSpore), with a per-layer report"
 
@@ -45,9 +46,10 @@ def add_arguments(p):
 
 
 def run(args):
+    started = time.perf_counter()
     from ..errors import SKNetError
     from ..parity.checks import TOLERANCES, inputs, make_setup, parse_checks, run_checks
-    from ..parity.report import table, to_json
+    from ..parity.report import cost, format_cost, table, to_json
     from ..registry import get_spec
 
     checks = parse_checks(args.checks)
@@ -82,12 +84,14 @@ def run(args):
         out = json.loads(to_json(results, **context))
         if layer:
             out["layers"] = layers_json(*layer, TOLERANCES["eval"])
+        out["cost"] = cost(started)
         print(json.dumps(out, indent=2))
     else:
         print(table(results, f"{spec.name}: PyTorch vs MindSpore ({args.mode}), batch {args.batch}, "
                              f"{size}x{size}, seed {args.seed}"))
         if layer:
             print(format_layers(*layer, TOLERANCES["eval"]))
+        print(format_cost(cost(started)))
     failed = any(r.passed is False for r in results) or (layer is not None and layer[1] is not None)
     sys.stdout.flush()
     return 1 if failed else 0

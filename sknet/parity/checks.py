@@ -7,6 +7,7 @@ Tolerances are relative to the largest magnitude of each compared tensor; docs/p
 says why each is what it is.
 """
 import math
+import time
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -297,8 +298,12 @@ def run_checks(setup, checks=DEFAULT_CHECKS):
     try:
         results = []
         for name in checks:
+            start = time.perf_counter()
             with tp.math(setup.torch_fast):
-                results += RUNNERS[name](setup, tp, mp)
+                rows = RUNNERS[name](setup, tp, mp)
+            # Where a run's time goes, check by check, on the first row each check gives.
+            rows[0].details["seconds"] = round(time.perf_counter() - start, 2)
+            results += rows
         return results
     finally:
         import mindspore as ms

@@ -6,6 +6,8 @@ zero whose relative error means nothing, while the largest value sets the scale 
 which a real difference would show.
 """
 import json
+import resource
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -108,3 +110,25 @@ def to_json(results, **context):
     failed = [r.name for r in results if r.passed is False]
     return json.dumps({**context, "passed": not failed, "failed": failed,
                        "checks": [clean(r) for r in results]}, indent=2)
+
+
+def cost(started):
+    """{wall_s, peak_rss_mib, peak_rss_children_mib} since ``started`` (a ``time.perf_counter()``).
+
+    Peak resident memory is the kernel's high-water mark (``ru_maxrss``) of this process
+    and, separately, of the largest child it waited for: what a run needs of the machine.
+    """
+    import time
+
+    # ru_maxrss is KiB on Linux and bytes on macOS.
+    unit = 1 if sys.platform == "darwin" else 1024
+    peak = {who: resource.getrusage(who).ru_maxrss * unit / 2 ** 20
+            for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)}
+    return {"wall_s": round(time.perf_counter() - started, 1),
+            "peak_rss_mib": round(peak[resource.RUSAGE_SELF]),
+            "peak_rss_children_mib": round(peak[resource.RUSAGE_CHILDREN])}
+
+
+def format_cost(c):
+    return (f"wall {c['wall_s']:.1f} s, peak RSS {c['peak_rss_mib']} MiB"
+            f" (children {c['peak_rss_children_mib']} MiB)")
