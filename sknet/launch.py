@@ -89,9 +89,10 @@ def torchrun(argv):
         main(argv)
     except RendezvousTimeoutError:
         timeout = dict(kv.split("=", 1) for kv in args.rdzv_conf.split(",") if "=" in kv).get("join_timeout", "600")
-        raise RunFailed(f"rendezvous at {args.rdzv_endpoint} timed out after {timeout} s (--rdzv-conf=join_timeout="
-                        f"S): this node waited for {args.nnodes} node(s) and the others did not all join; start "
-                        f"every node with the same --rdzv-endpoint, --rdzv-id and --nnodes") from None
+        raise RunFailed(f"rendezvous at {args.rdzv_endpoint} timed out after {timeout} s (--rdzv-conf=join_timeout=S) "
+                        f"waiting for --nnodes={args.nnodes}: not every node other than this one (--node-rank="
+                        f"{args.node_rank}) joined; start each with the same --rdzv-endpoint, --rdzv-id and "
+                        f"--nnodes") from None
     return 0
 
 

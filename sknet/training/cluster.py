@@ -30,8 +30,10 @@ def join_failure(err):
     e = os.environ
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     first = first.split(". You can run command")[0]    # MindSpore's hint names a grep, not the cause
+    who = ("msrun's scheduler" if e.get("MS_ROLE") == "MS_SCHED"
+           else f"rank {e.get('RANK_ID', '?')} (node {e.get('MS_NODE_ID', '?')})")
     return RunFailed(
-        f"rank {e.get('RANK_ID', '?')} (node {e.get('MS_NODE_ID', '?')}): the cluster of "
+        f"{who}: the cluster of "
         f"{e.get('MS_WORKER_NUM', '?')} workers at {e.get('MS_SCHED_HOST', '?')}:{e.get('MS_SCHED_PORT', '?')} did not "
         f"form within {e.get('MS_TOPO_TIMEOUT', '?')} s (msrun --cluster_time_out): {first}; every node must be "
         f"started, with the same --worker_num, --master_addr and --master_port, and --worker_num must equal the "
