@@ -2,7 +2,7 @@
 # The main job: train sknet_fmnist on Fashion-MNIST with torchrun on 2 CPU workers, convert the
 # checkpoint to MindSpore, evaluate it with MindSpore and with PyTorch, print both test accuracies.
 # A fresh machine is set up first (scripts/setup.sh: Debian's Fashion-MNIST, .venv, the package).
-#   OUT=runs/main  NPROC=2  [EPOCHS=N]  [SETS="--set key=value ..."]  scripts/main.sh
+#   OUT=runs/main  NPROC=2  [PORT=N]  [EPOCHS=N]  [SETS="--set key=value ..."]  scripts/main.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/sknet ] || [ ! -d /usr/share/datasets/fashion-mnist ]; then
@@ -23,7 +23,11 @@ mkdir -p "$OUT"
 t0=$(date +%s)
 
 echo "== train: torchrun --nproc_per_node=$NPROC, recipe $RECIPE ${EPOCHS:+($EPOCHS epochs)} $SETS"
-.venv/bin/torchrun --standalone --nproc_per_node="$NPROC" -m sknet.train --config "$RECIPE" \
+# --standalone rendezvouses on a free port, so two jobs on one machine never collide; PORT=N asks
+# for that port instead, refused in one line if it is in use (sknet.launch).
+LAUNCH=(.venv/bin/torchrun --standalone)
+[ -n "${PORT:-}" ] && LAUNCH=(.venv/bin/python -m sknet.launch torchrun --rdzv-backend=c10d --rdzv-endpoint=127.0.0.1:"$PORT")
+"${LAUNCH[@]}" --nproc_per_node="$NPROC" -m sknet.train --config "$RECIPE" \
     --backend torch "${EPOCH_ARGS[@]}" $SETS --out "$OUT/torch" 2>&1 | grep --line-buffered -v -E "^(W[0-9]{4}|\*+$|Setting OMP)"
 t1=$(date +%s)
 

@@ -63,8 +63,10 @@ def train(opts, step_hook=None):
     import importlib
 
     from . import backend_module
+    from .training.cluster import elastic_resume, out_dir_of
     from .training.loop import run
 
+    opts = elastic_resume(opts, out_dir_of(opts))
     # The backend package first: it sets its framework's environment (sknet.backends.mindspore).
     backend_module(opts.backend)
     adapter = importlib.import_module(f"sknet.backends.{opts.backend}.train")

@@ -19,6 +19,7 @@ from sknet.recipe import backend_device
 from sknet.schedule import weight_decay_of
 from sknet.training import TrainError
 from sknet.training.batches import BatchSource
+from sknet.training.cluster import join_failure
 from sknet.training.progress import log
 
 from .model import build
@@ -37,7 +38,10 @@ class World:
         if self.distributed:
             from mindspore.communication import get_group_size, get_rank, init
 
-            init()
+            try:
+                init()
+            except RuntimeError as err:    # a node missing or extra: one line, not MindSpore's page
+                raise join_failure(err) from None
             self.rank, self.size = get_rank(), get_group_size()
             ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                          device_num=self.size)

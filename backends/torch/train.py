@@ -18,10 +18,28 @@ from sknet.recipe import backend_device
 from sknet.schedule import param_groups
 from sknet.training import TrainError
 from sknet.training.batches import BatchSource
+from sknet.training.cluster import restart_count
 from sknet.training.progress import log
 
 from .model import build
 from .names import to_canonical
+
+
+def init_group(backend, rank, size):
+    """init_process_group; after a torchrun restart on a store of its own attempt.
+
+    torchrun (2.5 and later) keeps one rendezvous TCPStore for all attempts and env:// adds no
+    per-attempt prefix, so a restarted group reads the dead group's addresses and gloo/nccl
+    fail to connect (pytorch#135712); TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 on torchrun is the
+    launcher-side fix, this one needs nothing from whoever starts the job.
+    """
+    attempt = restart_count()
+    if attempt == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group(backend)
+        return
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size, is_master=False)
+    dist.init_process_group(backend, store=dist.PrefixStore(f"sknet/attempt{attempt}", store), rank=rank,
+                            world_size=size)
 
 
 class World:
@@ -46,7 +64,7 @@ class World:
             self.device = torch.device("cpu")
         self.distributed = self.size > 1
         if self.distributed and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            init_group("nccl" if self.device.type == "cuda" else "gloo", self.rank, self.size)
 
     def all_sum(self, values):
         """Element-wise float64 sum over workers of a list of numbers."""

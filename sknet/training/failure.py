@@ -5,7 +5,8 @@ import sys
 from ..errors import SKNetError
 
 # Fault injection for the launcher tests: "RANK:STEP" makes that rank SIGKILL itself
-# right after finishing global step STEP (checkpoints up to then are on disk).
+# right after finishing global step STEP (checkpoints up to then are on disk), on the first
+# attempt only: a group that torchrun restarts (--max-restarts) then runs through.
 FAULT_ENV = "SKNET_FAULT_KILL"
 
 
@@ -54,7 +55,7 @@ def worker_failure(err, rank, distributed, step, last_good):
 def maybe_fault(rank, step):
     """SIGKILL this process after ``step`` when SKNET_FAULT_KILL says "rank:step" (tests only)."""
     spec = os.environ.get(FAULT_ENV)
-    if not spec:
+    if not spec or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0:
         return
     want_rank, want_step = (int(v) for v in spec.split(":"))
     if rank == want_rank and step == want_step:

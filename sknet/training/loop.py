@@ -20,6 +20,7 @@ import time
 from ..data import epoch_batches
 from ..errors import SKNetError
 from ..schedule import learning_rates
+from .cluster import check_workers_per_node
 from .evaluation import evaluate
 from .failure import RunFailed, Stop, last_good_text, maybe_fault, on_sigterm, worker_failure
 from .options import default_out, load_run
@@ -35,6 +36,7 @@ def run(opts, backend, step_hook=None):
     """
     recipe, spec, train, val = load_run(opts)
     world = backend.World(opts.device, recipe.device)
+    check_workers_per_node(world)
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return Run(opts, backend, world, recipe, spec).train(train, val, step_hook)
