@@ -170,7 +170,7 @@ def _times_tensor(coef, grad):
     return grad * coef.astype(grad.dtype)
 
 
-@_lerp.register("Tensor", "Parameter", "Parameter")
+@_lerp.register("Tensor", "Tensor", "Tensor")
 def _lerp_param(weight, ema, value):
     # torch's lerp: start + w (end - start) below w = 0.5, end - (1 - w)(end - start) above.
     diff = value - ema
@@ -187,7 +187,10 @@ def sync_batchnorm(net):
                 sync = nn.SyncBatchNorm(child.num_features, eps=child.eps, momentum=1.0 - child.momentum)
                 for attr in ("gamma", "beta", "moving_mean", "moving_variance"):
                     getattr(sync, attr).set_data(getattr(child, attr).value())
-                setattr(parent, name, sync)
+                if isinstance(parent, (nn.SequentialCell, nn.CellList)):
+                    parent[int(name)] = sync  # keeps the container's own list of its cells in step
+                else:
+                    setattr(parent, name, sync)
     return name_parameters(net)
 
 
