@@ -93,6 +93,31 @@ class AmpRecipe:
     level: Literal["O0", "O1", "O2", "O3"] = "O2"
     # Fixed loss scale (1 = none); PyTorch's fp16 uses a GradScaler with this initial scale.
     loss_scale: float = 1.0
+    # Overflowing steps (non-finite gradients, the update skipped) in a row that stop the run.
+    max_overflow_steps: int = 10
+
+
+@dataclass(frozen=True)
+class EmaRecipe:
+    """An exponential moving average of the weights and BN statistics (docs/recipes.md)."""
+    enabled: bool = False
+    decay: float = 0.9999
+    # Decay at update t: "none" the constant decay; "timm" ModelEmaV3's use_warmup,
+    # min(decay, 1 - (1 + t / warmup_gamma) ** -warmup_power) with t = updates - 1;
+    # "mindcv" its TrainStep's decay * (1 - exp(-t / warmup_steps)) with t = updates.
+    warmup: Literal["none", "timm", "mindcv"] = "none"
+    warmup_power: float = 2 / 3
+    warmup_gamma: float = 1.0
+    warmup_steps: float = 2000.0
+
+
+@dataclass(frozen=True)
+class GradRecipe:
+    # Micro-batches of batch_size summed per optimizer step: the global batch is
+    # world size x batch_size x accumulation, and the lr scales with it.
+    accumulation: int = 1
+    # Clip the (worker-averaged, accumulated) gradients to this global L2 norm; null: no clipping.
+    clip_norm: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +133,11 @@ class Recipe:
     schedule: ScheduleRecipe = field(default_factory=ScheduleRecipe)
     label_smoothing: float = 0.0
     amp: AmpRecipe = field(default_factory=AmpRecipe)
+    grad: GradRecipe = field(default_factory=GradRecipe)
+    ema: EmaRecipe = field(default_factory=EmaRecipe)
+    # BN statistics over the global batch (torch.nn.SyncBatchNorm / mindspore.nn.SyncBatchNorm)
+    # instead of per worker with the running statistics averaged at checkpoints.
+    sync_bn: bool = False
     seed: int = 0
     device: Literal["auto", "cpu", "gpu", "cuda", "ascend"] = "auto"
     name: str = field(default="", compare=False)
@@ -214,6 +244,17 @@ def _check(recipe):
 
     a = recipe.amp
     need(a.loss_scale >= 1, "amp.loss_scale", f"must be >= 1, got {a.loss_scale}")
+    need(a.max_overflow_steps >= 1, "amp.max_overflow_steps", f"must be >= 1, got {a.max_overflow_steps}")
+
+    g = recipe.grad
+    need(1 <= g.accumulation <= 1024, "grad.accumulation", f"must be in [1, 1024], got {g.accumulation}")
+    need(g.clip_norm is None or g.clip_norm > 0, "grad.clip_norm", f"must be positive, got {g.clip_norm}")
+
+    e = recipe.ema
+    need(0 <= e.decay < 1, "ema.decay", f"must be in [0, 1), got {e.decay}")
+    need(e.warmup_power > 0, "ema.warmup_power", f"must be positive, got {e.warmup_power}")
+    need(e.warmup_gamma > 0, "ema.warmup_gamma", f"must be positive, got {e.warmup_gamma}")
+    need(e.warmup_steps > 0, "ema.warmup_steps", f"must be positive, got {e.warmup_steps}")
 
 
 def from_dict(data, source="", name=""):
@@ -259,7 +300,8 @@ def data_root(recipe):
 
 
 def global_batch(recipe, world_size):
-    return recipe.batch_size * world_size
+    """Images per optimizer step over all workers: workers x batch x accumulation."""
+    return recipe.batch_size * world_size * recipe.grad.accumulation
 
 
 def backend_device(device, backend):

@@ -13,11 +13,14 @@ from .errors import SpecError
 
 
 def peak_lr(recipe, world_size=1):
-    """The recipe's lr scaled linearly by global batch / base batch (Goyal et al.)."""
+    """The recipe's lr scaled linearly by global batch / base batch (Goyal et al.); the global
+    batch counts accumulated micro-batches, as one optimizer step sees them all."""
+    from .recipe import global_batch
+
     opt = recipe.optimizer
     if opt.base_batch is None:
         return float(opt.lr)
-    return float(opt.lr) * recipe.batch_size * world_size / opt.base_batch
+    return float(opt.lr) * global_batch(recipe, world_size) / opt.base_batch
 
 
 def learning_rates(recipe, steps_per_epoch, world_size=1):

@@ -2,10 +2,12 @@
 
 The optimizer is ``nn.Momentum`` with the recipe's per-step lr array (indexed by its
 ``global_step``) and one param group per weight-decay value. The train step is our
-own cell rather than ``nn.TrainOneStepWithLossScaleCell``: that cell's overflow check
+own cells rather than ``nn.TrainOneStepWithLossScaleCell``: that cell's overflow check
 is an Ascend-only op, so on the CPU it cannot run at all; ours multiplies the loss by
-the recipe's fixed scale and divides the (worker-averaged) gradients by it, which is
-the same arithmetic on every device.
+the recipe's fixed scale, sums the micro-batches' gradients, divides the worker-averaged
+sum by scale x accumulation, drops the update when AMP's gradients are not finite
+(mindcv's drop_overflow_update), clips by global norm and steps, which is the same
+arithmetic on every device and the same order as the PyTorch adapter.
 """
 import os
 
@@ -21,9 +23,10 @@ from sknet.training import TrainError
 from sknet.training.batches import BatchSource
 from sknet.training.cluster import join_failure
 from sknet.training.progress import log
+from sknet.training.rundir import ema_path
 
 from .model import build
-from .names import ms_name, to_canonical
+from .names import ms_name, name_parameters, to_canonical
 
 
 class World:
@@ -80,38 +83,119 @@ class NetWithLoss(nn.Cell):
         return self.loss_fn(self.net(x).astype(ms.float32), y)
 
 
-class TrainStep(nn.Cell):
-    """Forward, scaled backward, worker-mean of gradients, unscale, nn.Momentum update."""
+class Gradients(nn.Cell):
+    """Forward and backward of one micro-batch: (loss, gradients of loss x scale)."""
 
-    def __init__(self, net, loss_fn, optimizer, loss_scale, distributed, size):
+    def __init__(self, net, loss_fn, weights, loss_scale):
         super().__init__(auto_prefix=False)
         self.net_with_loss = NetWithLoss(net, loss_fn)
-        self.optimizer = optimizer
-        self.weights = optimizer.parameters
+        self.weights = weights
         self.scale = float(loss_scale)
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
-        self.distributed = distributed
-        self.reducer = nn.DistributedGradReducer(self.weights, mean=True, degree=size) if distributed else None
-        self.hyper_map = ops.HyperMap()
 
     def construct(self, x, y):
         loss = self.net_with_loss(x, y)
         sens = ops.fill(loss.dtype, loss.shape, self.scale)
-        grads = self.grad(self.net_with_loss, self.weights)(x, y, sens)
-        if self.distributed:
+        return loss, self.grad(self.net_with_loss, self.weights)(x, y, sens)
+
+
+class Prepare(nn.Cell):
+    """Summed micro-batch gradients -> their worker mean / (scale x accumulation), and whether all are finite."""
+
+    def __init__(self, weights, divisor, distributed, size):
+        super().__init__(auto_prefix=False)
+        self.divisor = float(divisor)
+        self.reducer = nn.DistributedGradReducer(weights, mean=True, degree=size) if distributed else None
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, grads):
+        if self.reducer is not None:
             grads = self.reducer(grads)
-        if self.scale != 1.0:
-            grads = self.hyper_map(ops.partial(_unscale, self.scale), grads)
-        self.optimizer(grads)
-        return loss
+        if self.divisor != 1.0:
+            grads = self.hyper_map(ops.partial(_unscale, self.divisor), grads)
+        finite = ops.stack(self.hyper_map(_all_finite, grads)).all()
+        return grads, finite
+
+
+class Apply(nn.Cell):
+    """Clip by global L2 norm as torch.nn.utils.clip_grad_norm_ (coef = clip / (norm + 1e-6), at most 1),
+    then the optimizer."""
+
+    def __init__(self, optimizer, clip_norm):
+        super().__init__(auto_prefix=False)
+        self.optimizer = optimizer
+        self.clip = clip_norm
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, grads):
+        if self.clip is not None:
+            norm = ops.sqrt(ops.stack(self.hyper_map(_square_sum, grads)).sum())
+            coef = ops.clamp(self.clip / (norm + 1e-6), max=1.0)
+            grads = self.hyper_map(ops.partial(_times, coef), grads)
+        return self.optimizer(grads)
+
+
+class EmaUpdate(nn.Cell):
+    """ema += (w - ema) * weight over every parameter (moving statistics too), as torch.lerp_ rounds it."""
+
+    def __init__(self, ema_params, params):
+        super().__init__(auto_prefix=False)
+        self.ema_params, self.params = ms.ParameterTuple(ema_params), ms.ParameterTuple(params)
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, weight):
+        return self.hyper_map(ops.partial(_lerp, weight), self.ema_params, self.params)
 
 
 _unscale = ops.MultitypeFuncGraph("unscale")
+_all_finite = ops.MultitypeFuncGraph("all_finite")
+_square_sum = ops.MultitypeFuncGraph("square_sum")
+_times = ops.MultitypeFuncGraph("times")
+_lerp = ops.MultitypeFuncGraph("lerp")
 
 
 @_unscale.register("Number", "Tensor")
 def _unscale_tensor(scale, grad):
     return grad / scale
+
+
+@_all_finite.register("Tensor")
+def _all_finite_tensor(grad):
+    return ops.isfinite(grad).all()
+
+
+@_square_sum.register("Tensor")
+def _square_sum_tensor(grad):
+    return (grad.astype(ms.float32) ** 2).sum()
+
+
+@_times.register("Tensor", "Tensor")
+def _times_tensor(coef, grad):
+    return grad * coef.astype(grad.dtype)
+
+
+@_lerp.register("Tensor", "Tensor", "Tensor")
+def _lerp_param(weight, ema, value):
+    # torch's lerp: start + w (end - start) below w = 0.5, end - (1 - w)(end - start) above.
+    diff = value - ema
+    return ops.assign(ema, ops.where(weight < 0.5, ema + diff * weight, value - diff * (1.0 - weight)))
+
+
+def sync_batchnorm(net):
+    """Every BatchNorm2d cell as a SyncBatchNorm with the same values and names: statistics over the
+    global batch under data parallel."""
+    for _, parent in list(net.cells_and_names()):
+        for name, child in list(parent.name_cells().items()):
+            if type(child) is nn.BatchNorm2d:
+                # _BatchNorm keeps 1 - momentum (its running-average convention) as .momentum.
+                sync = nn.SyncBatchNorm(child.num_features, eps=child.eps, momentum=1.0 - child.momentum)
+                for attr in ("gamma", "beta", "moving_mean", "moving_variance"):
+                    getattr(sync, attr).set_data(getattr(child, attr).value())
+                if isinstance(parent, (nn.SequentialCell, nn.CellList)):
+                    parent[int(name)] = sync  # keeps the container's own list of its cells in step
+                else:
+                    setattr(parent, name, sync)
+    return name_parameters(net)
 
 
 def make_optimizer(net, spec, recipe, lrs):
@@ -135,7 +219,8 @@ class Adapter:
 
     def __init__(self, world):
         self.world = world
-        self.model = self.optimizer = None
+        self.model = self.optimizer = self.ema = None
+        self.skipped = False
 
     def build(self, spec, recipe, lrs):
         """Seeded cells, nn.Momentum over ``lrs`` (one lr per global step) and the compiled train step."""
@@ -144,31 +229,59 @@ class Adapter:
         self.lrs = lrs
         # build's default: the process's one resolved FastOptions, as every entry point has.
         net = build(spec, seed=recipe.seed)
-        amp = recipe.amp.enabled and world.device != "CPU"
-        if recipe.amp.enabled and not amp:
+        if recipe.sync_bn:
+            net = sync_batchnorm(net)
+        self.amp = recipe.amp.enabled and world.device != "CPU"
+        if recipe.amp.enabled and not self.amp:
             log(world.rank, "amp: MindSpore has no float16/bfloat16 training kernels on the CPU; training in float32")
-        if amp:
+        if recipe.ema.enabled:
+            # Before AMP casts: the average is kept in float32, as timm's and mindcv's are.
+            self.ema = build(spec, seed=recipe.seed)
+            self.ema.set_train(False)
+            for p in self.ema.get_parameters():
+                p.name = "ema." + p.name      # one graph holds both nets: names must differ
+            self.ema_update = ms.jit(EmaUpdate(self.ema.get_parameters(), net.get_parameters()))
+            self.infer_ema = ms.jit(self.ema)
+        if self.amp:
+            # mindcv's O2: the network in float16 but its BatchNorm cells (MindSpore's black list).
             net = ms.amp.auto_mixed_precision(net, recipe.amp.level)
             net.spec = spec
         self.model = net
         self.optimizer = make_optimizer(net, spec, recipe, lrs)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-        cell = TrainStep(net, loss_fn, self.optimizer, recipe.amp.loss_scale if amp else 1.0,
-                         world.distributed, world.size)
-        cell.set_train(True)
-        self.train_step = ms.jit(cell)
+        scale = recipe.amp.loss_scale if self.amp else 1.0
+        self.accumulation = recipe.grad.accumulation
+        weights = self.optimizer.parameters
+        self.gradients = ms.jit(Gradients(net, loss_fn, weights, scale).set_train(True))
+        self.prepare = ms.jit(Prepare(weights, scale * self.accumulation, world.distributed, world.size))
+        self.apply = ms.jit(Apply(self.optimizer, recipe.grad.clip_norm))
         self.infer = ms.jit(net)
 
     def set_train(self, mode):
         self.model.set_train(mode)
 
     def step(self, x, y, lr):
-        """One step; ``lr`` is already in the optimizer's lr array, at its global_step."""
+        """One step over ``grad.accumulation`` micro-batches; ``lr`` is already in the optimizer's lr
+        array, at its global_step (which a dropped update does not advance: moved on by hand)."""
         del lr
-        return float(self.train_step(ms.Tensor(x), ms.Tensor(y)).asnumpy())
+        total, grads = 0.0, None
+        for xs, ys in zip(np.split(x, self.accumulation), np.split(y, self.accumulation)):
+            loss, part = self.gradients(ms.Tensor(xs), ms.Tensor(ys))
+            grads = part if grads is None else tuple(a + b for a, b in zip(grads, part))
+            total += float(loss.asnumpy())
+        grads, finite = self.prepare(grads)
+        self.skipped = self.amp and not bool(finite.asnumpy())
+        if self.skipped:
+            ops.assign_add(self.optimizer.global_step, ms.Tensor(np.array([1], np.int32)))
+        else:
+            self.apply(grads)
+        return total / self.accumulation
 
-    def logits(self, x):
-        return self.infer(ms.Tensor(x)).asnumpy().astype(np.float32)
+    def update_ema(self, decay):
+        self.ema_update(ms.Tensor(1.0 - decay, ms.float32))
+
+    def logits(self, x, ema=False):
+        return (self.infer_ema if ema else self.infer)(ms.Tensor(x)).asnumpy().astype(np.float32)
 
     def batches(self, dataset, index_lists, epoch, workers):
         """(x, y) numpy batches in order; decoded by GeneratorDataset worker processes when workers > 0."""
@@ -185,11 +298,15 @@ class Adapter:
 
     def save(self, path, epoch, step):
         net, optimizer = self.model, self.optimizer
+        append = {"epoch": int(epoch), "step": int(step)}
+        if self.ema is not None:
+            # First: a checkpoint on disk always has its EMA file at least as new.
+            ema = [{"name": p.name[len("ema."):], "data": ms.Tensor(p.asnumpy())} for p in self.ema.get_parameters()]
+            atomic_write(ema_path(path), lambda tmp: ms.save_checkpoint(ema, tmp, append_dict=append))
         entries = [{"name": p.name, "data": ms.Tensor(p.asnumpy())} for p in net.get_parameters()]
         entries += [{"name": m.name, "data": ms.Tensor(m.asnumpy())} for m in optimizer.moments]
         entries += [{"name": "global_step", "data": ms.Tensor(np.array([step], np.int32))},
                     {"name": "learning_rate", "data": ms.Tensor(np.asarray(self.lrs, np.float32))}]
-        append = {"epoch": int(epoch), "step": int(step)}
         atomic_write(path, lambda tmp: ms.save_checkpoint(entries, tmp, append_dict=append))
 
     def load(self, path):
@@ -210,7 +327,21 @@ class Adapter:
         step = int(np.asarray(saved["step"].asnumpy()).reshape(-1)[0])
         epoch = int(np.asarray(saved["epoch"].asnumpy()).reshape(-1)[0]) if "epoch" in saved else 0
         self.optimizer.global_step.set_data(ms.Tensor(np.array([step], np.int32)))
+        if self.ema is not None:
+            self._load_ema(path, step)
         return epoch, step
+
+    def _load_ema(self, path, step):
+        where = ema_path(path)
+        try:
+            saved = ms.load_checkpoint(str(where))
+            at = int(np.asarray(saved["step"].asnumpy()).reshape(-1)[0])
+            if at != step:
+                raise ValueError(f"it is at step {at}, {path} at step {step}")
+            for p in self.ema.get_parameters():
+                p.set_data(ms.Tensor(saved[p.name[len("ema."):]].asnumpy()))
+        except (ValueError, RuntimeError, OSError, KeyError) as err:
+            raise TrainError(f"{where}: cannot resume the EMA weights from it: {str(err).splitlines()[0]}") from None
 
     def canonical_state(self):
         return to_canonical(self.model)

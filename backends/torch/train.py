@@ -2,9 +2,12 @@
 
 The loop owns the run (plan, resume, evaluation, checkpoints, metrics); this file only
 says how PyTorch applies a step: DistributedDataParallel (gloo on the CPU, nccl on CUDA)
-with rank-local BN statistics, SGD with one param group per weight-decay value, AMP
-(autocast + GradScaler) on CUDA, DataLoader workers that build whole batches.
+with rank-local BN statistics (or SyncBatchNorm on CUDA), SGD with one param group per
+weight-decay value, gradient accumulation and clipping, AMP (autocast, + GradScaler for
+fp16), the weights' moving average, DataLoader workers that build whole batches.
 """
+import contextlib
+import copy
 import os
 import warnings
 
@@ -20,6 +23,7 @@ from sknet.training import TrainError
 from sknet.training.batches import BatchSource
 from sknet.training.cluster import restart_count
 from sknet.training.progress import log
+from sknet.training.rundir import ema_path
 
 from .model import build
 from .names import to_canonical
@@ -88,6 +92,14 @@ class World:
             dist.destroy_process_group()
 
 
+def sync_batchnorm(model, world):
+    """Every BatchNorm2d as a SyncBatchNorm (same parameters and names): statistics over the global batch."""
+    if world.distributed and world.device.type != "cuda":
+        raise TrainError("sync_bn: torch.nn.SyncBatchNorm runs on CUDA only, not on the CPU under gloo; "
+                         "set sync_bn: false (per-worker BN, statistics averaged at checkpoints)")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def make_optimizer(model, spec, recipe):
     """SGD with one param group per weight-decay value, built from named parameters so that the
     state_dict records ``param_names`` (the order is model.parameters() order within each group)."""
@@ -103,7 +115,8 @@ class Adapter:
 
     def __init__(self, world):
         self.world = world
-        self.model = self.optimizer = None
+        self.model = self.optimizer = self.ema = None
+        self.skipped = False
 
     def build(self, spec, recipe, lrs):
         """Seeded model and SGD; ``lrs`` is not kept: the loop hands each step its lr."""
@@ -114,13 +127,22 @@ class Adapter:
         # Trained with fast.accelerate's paths: the same function (tests/test_torch_fast.py),
         # a faster step (docs/performance.md); checkpoints and names do not change.
         self.model = build(spec, seed=recipe.seed, fast=True).to(world.device)
+        if recipe.sync_bn:
+            self.model = sync_batchnorm(self.model, world)
         self.optimizer = make_optimizer(self.model, spec, recipe)
-        self.amp = recipe.amp.enabled and world.device.type == "cuda"
+        # Autocast on the run's device (CUDA, or the CPU's bf16/fp16 kernels); BN runs in float32
+        # under autocast's own policy, the logits are cast to float32 before the loss.
+        self.amp = recipe.amp.enabled
         self.amp_dtype = torch.bfloat16 if recipe.amp.dtype == "bf16" else torch.float16
-        self.scaler = (torch.amp.GradScaler("cuda", init_scale=recipe.amp.loss_scale)
+        # bf16 has float32's range: no loss scale, nothing overflows that float32 would not.
+        self.scaler = (torch.amp.GradScaler(world.device.type, init_scale=recipe.amp.loss_scale)
                        if self.amp and recipe.amp.dtype == "fp16" else None)
-        if recipe.amp.enabled and not self.amp:
-            log(world.rank, "amp: autocast runs on CUDA only here; training in float32 on the CPU")
+        self.accumulation, self.clip = recipe.grad.accumulation, recipe.grad.clip_norm
+        if recipe.ema.enabled:
+            self.ema = copy.deepcopy(self.model).requires_grad_(False).train(False)
+            pairs = list(zip(self.ema.state_dict().values(), self.model.state_dict().values()))
+            self._ema_float = [(e, m) for e, m in pairs if e.is_floating_point()]
+            self._ema_other = [(e, m) for e, m in pairs if not e.is_floating_point()]
         self.net = self.model
         if world.distributed:
             # Each worker keeps the BN statistics of its own batches, as MindSpore's data parallel does;
@@ -137,25 +159,48 @@ class Adapter:
         self.model.train(mode)
 
     def step(self, x, y, lr):
+        """One optimizer step over ``grad.accumulation`` equal micro-batches of ``x``; their mean loss."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         dev = self.world.device
         x, y = torch.from_numpy(x).to(dev, non_blocking=True), torch.from_numpy(y).to(dev, non_blocking=True)
-        with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp):
-            loss = F.cross_entropy(self.net(x).float(), y, label_smoothing=self.recipe.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for i, (xs, ys) in enumerate(zip(x.chunk(self.accumulation), y.chunk(self.accumulation))):
+            last = i == self.accumulation - 1
+            # DDP all-reduces on the last micro-batch only: the sum of the local sums, averaged.
+            sync = contextlib.nullcontext() if last or self.net is self.model else self.net.no_sync()
+            with sync:
+                with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp):
+                    loss = F.cross_entropy(self.net(xs).float(), ys, label_smoothing=self.recipe.label_smoothing)
+                part = loss / self.accumulation
+                (self.scaler.scale(part) if self.scaler is not None else part).backward()
+            total += float(loss.detach())
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        if self.clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        if self.scaler is not None:
+            before = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            # GradScaler lowers its scale exactly when it found inf/NaN gradients and skipped the step.
+            self.skipped = self.scaler.get_scale() < before
         else:
-            loss.backward()
             self.optimizer.step()
-        return float(loss.detach())
+        return total / self.accumulation
 
-    def logits(self, x):
+    @torch.no_grad()
+    def update_ema(self, decay):
+        """ema += (w - ema) * (1 - decay) for every float tensor (BN statistics too); counters copied."""
+        torch._foreach_lerp_([e for e, _ in self._ema_float], [m for _, m in self._ema_float], 1.0 - decay)
+        for e, m in self._ema_other:
+            e.copy_(m)
+
+    def logits(self, x, ema=False):
         with torch.no_grad():
-            return self.model(torch.from_numpy(x).to(self.world.device)).float().cpu().numpy()
+            model = self.ema if ema else self.model
+            return model(torch.from_numpy(x).to(self.world.device)).float().cpu().numpy()
 
     def batches(self, dataset, index_lists, epoch, workers):
         # batch_size=None: the source yields ready batches in order, so workers cannot reorder them.
@@ -166,6 +211,11 @@ class Adapter:
             yield x.numpy(), y.numpy()
 
     def save(self, path, epoch, step):
+        if self.ema is not None:
+            # First: a checkpoint on disk always has its EMA file at least as new.
+            ema = {"model": {k: v.detach().cpu().clone() for k, v in self.ema.state_dict().items()},
+                   "epoch": int(epoch), "step": int(step), "recipe": str(self.recipe.name)}
+            atomic_write(ema_path(path), lambda tmp: save(tmp, ema))
         obj = {"model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
                "optimizer": self.optimizer.state_dict(), "epoch": int(epoch), "step": int(step),
                "recipe": str(self.recipe.name), "rng": {"torch": torch.get_rng_state()}}
@@ -180,7 +230,19 @@ class Adapter:
             raise TrainError(f"{path}: cannot resume from it: {str(err).splitlines()[0]}") from None
         if "rng" in obj and "torch" in obj["rng"]:
             torch.set_rng_state(obj["rng"]["torch"])
+        if self.ema is not None:
+            self._load_ema(path, int(obj["step"]))
         return int(obj["epoch"]), int(obj["step"])
+
+    def _load_ema(self, path, step):
+        where = ema_path(path)
+        try:
+            obj = torch.load(where, map_location="cpu", weights_only=True)
+            if int(obj["step"]) != step:
+                raise ValueError(f"it is at step {obj['step']}, {path} at step {step}")
+            self.ema.load_state_dict(obj["model"])
+        except (OSError, KeyError, RuntimeError, ValueError, TypeError) as err:
+            raise TrainError(f"{where}: cannot resume the EMA weights from it: {str(err).splitlines()[0]}") from None
 
     def canonical_state(self):
         return to_canonical(self.model)

@@ -31,13 +31,14 @@ def eval_batches(indices, batch_size):
     return [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
 
 
-def evaluate(adapter, world, val, batch_size, workers):
-    """(val loss sum, top-1 count, top-5 count, n) over the whole val set, summed over workers."""
+def evaluate(adapter, world, val, batch_size, workers, ema=False):
+    """(val loss sum, top-1 count, top-5 count, n) over the whole val set, summed over workers
+    (``ema``: of the adapter's moving-average model)."""
     adapter.set_train(False)
     idx = eval_shards(len(val), world.size, world.rank)
     loss_sum, c1, c5 = 0.0, 0, 0
     for x, y in adapter.batches(val, eval_batches(idx, batch_size), 0, workers):
-        logits = adapter.logits(x)
+        logits = adapter.logits(x, ema)
         loss_sum += softmax_xent_sum(logits, y)
         k1, k5 = topk_correct(logits, y)
         c1, c5 = c1 + k1, c5 + k5

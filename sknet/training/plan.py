@@ -27,13 +27,19 @@ class Plan:
         return epoch_batches[skip:min(len(epoch_batches), skip + self.stop_step - step)]
 
 
+def step_batch(recipe):
+    """Images one worker takes per optimizer step: its accumulated micro-batches, drawn as one batch."""
+    return recipe.batch_size * recipe.grad.accumulation
+
+
 def make_plan(recipe, n_train, world_size, opts):
     from ..data import steps_per_epoch
 
-    spe = steps_per_epoch(n_train, world_size, recipe.batch_size, recipe.data.drop_last)
+    per_step = step_batch(recipe)
+    spe = steps_per_epoch(n_train, world_size, per_step, recipe.data.drop_last)
     if spe < 1:
         raise TrainError(f"{n_train} training images over {world_size} workers give no full batch of "
-                         f"{recipe.batch_size}: lower batch_size or use more images")
+                         f"{per_step} (batch_size x grad.accumulation): lower them or use more images")
     total = spe * recipe.epochs
     stop = total if opts.max_steps is None else min(total, opts.max_steps)
     # Default: a checkpoint about every 10 % of an epoch, so a kill loses little.

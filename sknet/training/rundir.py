@@ -115,6 +115,19 @@ def epoch_row(epoch, step, train_loss, val, lr, images_per_s, epoch_s, wall_s):
             "epoch_s": round(epoch_s, 2), "wall_s": round(wall_s, 2)}
 
 
+def ema_scores(val):
+    """The EMA model's columns of a metrics row, from its (loss sum, top1, top5, n)."""
+    loss_sum, c1, c5, n = val
+    return {"ema_val_loss": round(loss_sum / n, 6), "ema_top1": round(100.0 * c1 / n, 4),
+            "ema_top5": round(100.0 * c5 / n, 4)}
+
+
+def ema_path(path):
+    """Where the EMA weights of checkpoint ``path`` go: ``last.pth`` -> ``last_ema.pth``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_ema{path.suffix}")
+
+
 def state_digest(canonical):
     """sha256 of every canonical tensor's name and bytes: equal digests mean bit-identical models."""
     h = hashlib.sha256()
