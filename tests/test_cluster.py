@@ -94,3 +94,4 @@ def test_busy_port_is_one_line_error():
             assert res.stderr.strip().splitlines() == [
                 f"sknet.launch: error: port {port} is in use on this machine (another job?): choose another with "
                 f"{option}, or leave it out on a single node for a free one"], res.stderr[-2000:]
+
