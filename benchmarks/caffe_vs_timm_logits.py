@@ -10,17 +10,19 @@ import numpy as np
 import torch
 
 import sknet
-from sknet.params import init_state
+from sknet.params import init_state, tensor_specs
 
 
 def trained_like(spec, seed):
+    """He-initialised convs and head; BN scale and variance in [0.5, 1.5], shift and mean ~0.1 N(0, 1)."""
     rng = np.random.default_rng(seed)
     state = init_state(spec, seed)
-    for k, v in state.items():
-        if k.endswith(("running_mean", ".bias")):
-            state[k] = (0.1 * rng.standard_normal(v.shape)).astype(np.float32)
-        elif k.endswith("running_var") or (k.endswith(".weight") and v.ndim == 1):
-            state[k] = rng.uniform(0.5, 1.5, v.shape).astype(np.float32)
+    bn = {n: kind == "bn" for n, _, kind, _ in tensor_specs(spec)}
+    for name in state:
+        if bn[name]:
+            wide = name.endswith(("weight", "running_var"))
+            state[name] = (rng.uniform(0.5, 1.5, state[name].shape) if wide
+                           else 0.1 * rng.standard_normal(state[name].shape)).astype(np.float32)
     return state
 
 

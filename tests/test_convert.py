@@ -113,9 +113,11 @@ def test_scheme_and_model_are_detected_for_every_shipped_model(name):
         assert detect_scheme(raw.tensors) == scheme
         found = detect_model(raw, scheme)
         assert [e.name for e in entries(found, scheme)] == list(raw.tensors)
-        # Twins (skresnet18 / mindcv_skresnet18) share tensors: mindcv names go to the mindcv model.
+        # Twins (skresnet18 / mindcv_skresnet18, skresnext50_32x4d / sknet50_caffe) share tensors:
+        # mindcv names go to the mindcv model.
         if name.startswith("mindcv_") or scheme != "mindcv":
-            twin = {"mindcv_skresnet18": "skresnet18"}.get(name, name) if scheme != "mindcv" else name
+            twins = {"mindcv_skresnet18": "skresnet18", "sknet50_caffe": "skresnext50_32x4d"}
+            twin = twins.get(name, name) if scheme != "mindcv" else name
             assert found.name in (name, twin)
 
 
