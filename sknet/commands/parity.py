@@ -8,6 +8,9 @@ import math
 import sys
 
 HELP = "cross-backend numerical parity (PyTorch vs MindSpore), with a per-layer report"
+EXAMPLES = """\
+  sknet parity skresnet18
+  sknet parity sknet50 --mode graph --layers --json"""
 
 
 def add_arguments(p):
