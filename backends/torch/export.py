@@ -8,6 +8,8 @@
 The fast paths of ``fast.py`` are not exported: they do not script, and their oneDNN calls
 are this CPU's choice, not the model's.
 """
+import warnings
+
 import torch
 
 from sknet.errors import SKNetError, first_line
@@ -34,7 +36,9 @@ def write(fmt, model, path, example, dynamic):
             # input's size is frozen into it as constants (the "same" stem pool of the mindcv
             # specs computes its padding from H and W: a traced file pads every size as the
             # traced one, silently wrong). The script keeps the code, so every dimension stays free.
-            torch.jit.save(torch.jit.script(model), path)
+            with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; it is still what libtorch loads
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.jit.save(torch.jit.script(model), path)
         elif fmt == "torch-export":
             # The example batch is >= 2: torch.export specialises a dimension seen as 1.
             x = torch.from_numpy(example)
@@ -54,7 +58,9 @@ def load(fmt, path):
     """A function numpy -> numpy running the file at ``path``."""
     try:
         if fmt == "torchscript":
-            model = torch.jit.load(path, map_location="cpu")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                model = torch.jit.load(path, map_location="cpu")
         else:
             model = torch.export.load(path).module()
     except Exception as err:
