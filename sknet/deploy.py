@@ -1,9 +1,8 @@
 """Deployment files besides ONNX: each written, read back and checked before it is kept.
 
-| format         | for                                          | written by (backend)                      | read back by |
-| torchscript    | PyTorch serving, C++ (libtorch), TorchServe  | torch.jit.script + save (torch)           | torch.jit.load |
-| torch-export   | torch.export consumers (AOTInductor, ...)    | torch.export.export + save (torch)        | torch.export.load |
-| mindir         | MindSpore Lite, Ascend, MindSpore serving    | mindspore.export MINDIR (mindspore)       | mindspore.load + nn.GraphCell |
+- torchscript (PyTorch serving, libtorch, TorchServe): torch.jit.script + save, read by torch.jit.load;
+- torch-export (AOTInductor, ExecuTorch): torch.export.export + save, read by torch.export.load;
+- mindir (MindSpore Lite, Ascend): mindspore.export, read by mindspore.load + nn.GraphCell.
 
 The code for each sits in ``backends/<backend>/export.py`` (``reference``, ``run``,
 ``write``, ``load``); this module holds what is common: the inputs, the comparison, the
