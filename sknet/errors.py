@@ -36,3 +36,9 @@ def describe_mismatch(missing=(), unexpected=(), shapes=(), limit=3):
             more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
             parts.append(f"{len(keys)} {label}: {', '.join(keys[:limit])}{more}")
     return "; ".join(parts)
+
+
+def first_line(err, limit=300):
+    """The first line of a framework's (often many-line) error message, for a one-line report."""
+    text = str(err).strip().splitlines()
+    return text[0][:limit] if text else type(err).__name__

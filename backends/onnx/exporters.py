@@ -14,8 +14,7 @@ import warnings
 import numpy as np
 import onnx
 
-from sknet.errors import BackendMissing, SKNetError
-from sknet.plan import build_plan, pool_pads
+from sknet.errors import BackendMissing, SKNetError, first_line
 
 from .fuse import fold_batchnorm
 from .model import INPUT, OUTPUT, build_model, check_opset, check_tensors
@@ -66,27 +65,25 @@ def from_torch(spec, tensors, opset, fuse_bn, dynamic_batch, batch, size):
             torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=opset, input_names=[INPUT],
                               output_names=[OUTPUT], dynamic_axes=axes, do_constant_folding=fuse_bn)
         except Exception as err:  # the exporter's own errors, e.g. an opset it does not support
-            raise SKNetError(f"torch.onnx.export failed at opset {opset}: {_first_line(err)}") from None
+            raise SKNetError(f"torch.onnx.export failed at opset {opset}: {first_line(err)}") from None
     return onnx.load_from_string(buf.getvalue())
 
 
 def from_mindspore(spec, tensors, opset, fuse_bn, dynamic_batch, batch, size):
-    bm = _import("mindspore")
+    _import("mindspore")
     import mindspore as ms
+
+    from sknet.backends.mindspore.export import exportable, graph_mode, reference
 
     if dynamic_batch:
         raise SKNetError("MindSpore's ONNX exporter takes no dynamic shapes ('Export ONNX format model not "
                          "support dynamic shape mode'): export a fixed --batch, or use --via spec or torch")
-    # Module by module: the CPU im2col convs pad with PadV3, which the exporter cannot write,
-    # and they are on or off by ONEDNN_MAX_CPU_ISA, so the graph would depend on the environment.
-    net = bm.load_canonical(bm.build(spec, options=bm.FastOptions.plain()), tensors)
-    net.set_train(False)
-    if spec.stem.pool is not None and spec.stem.pool.padding in ("symmetric", "caffe"):
-        net.maxpool = _exportable_pool(spec.stem.pool, build_plan(spec, size).stem.conv.out_hw)
-    mode = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE)
+    # The plain cells, stem pool made writable (sknet.backends.mindspore.export): the CPU im2col
+    # convs pad with PadV3, which the exporter cannot write, and they are on or off by
+    # ONEDNN_MAX_CPU_ISA, so the graph would depend on the environment.
+    net = exportable(reference(spec, tensors), spec, size)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with graph_mode(), tempfile.TemporaryDirectory() as tmp:
             x = ms.Tensor(np.zeros((batch, spec.input.in_chans, size, size), np.float32))
             path = os.path.join(tmp, "model.onnx")
             if hasattr(ms, "onnx"):  # mindspore.export(file_format="ONNX") is deprecated where this exists
@@ -95,9 +92,7 @@ def from_mindspore(spec, tensors, opset, fuse_bn, dynamic_batch, batch, size):
                 ms.export(net, x, file_name=path[:-5], file_format="ONNX")
             model = onnx.load(path)
     except (RuntimeError, ValueError, TypeError) as err:
-        raise SKNetError(f"mindspore.export failed: {_first_line(err)}") from None
-    finally:
-        ms.set_context(mode=mode)
+        raise SKNetError(f"mindspore.export failed: {first_line(err)}") from None
     _rename_io(model)
     if fuse_bn:
         model = fold_batchnorm(model)
@@ -109,33 +104,8 @@ def from_mindspore(spec, tensors, opset, fuse_bn, dynamic_batch, batch, size):
             model = version_converter.convert_version(model, opset)
         except Exception as err:
             raise SKNetError(f"MindSpore wrote opset {have}; converting it to {opset} failed: "
-                             f"{_first_line(err)}") from None
+                             f"{first_line(err)}") from None
     return model
-
-
-def _exportable_pool(pool, hw):
-    """MaxPool with symmetric or Caffe's padding that MindSpore's exporter can write, for an
-    ``hw`` x ``hw`` map (this export has a fixed size).
-
-    MindSpore lowers ``MaxPool2d(pad_mode="pad")`` to MaxPool3DWithArgmax, which its ONNX
-    exporter cannot write. The stem's pool always follows a ReLU, so its input is >= 0
-    and zero padding picks the same maxima as the -inf padding of a padded pool; the
-    exported graph is then checked against MindSpore's own unmodified network.
-    """
-    from mindspore import nn
-
-    top, bottom, left, right = pool_pads(pool, hw, hw)
-
-    class ZeroPadMaxPool(nn.Cell):
-        def __init__(self):
-            super().__init__()
-            self.pad = nn.Pad(((0, 0), (0, 0), (top, bottom), (left, right)))
-            self.pool = nn.MaxPool2d(pool.kernel_size, pool.stride, pad_mode="valid")
-
-        def construct(self, x):
-            return self.pool(self.pad(x))
-
-    return ZeroPadMaxPool()
 
 
 def _rename_io(model):
@@ -150,11 +120,6 @@ def _rename_io(model):
             for i, name in enumerate(seq):
                 if name in renames:
                     seq[i] = renames[name]
-
-
-def _first_line(err):
-    text = str(err).strip().splitlines()
-    return text[0][:300] if text else type(err).__name__
 
 
 def reference_logits(backend, spec, tensors, x):

@@ -10,6 +10,8 @@ from ..errors import SKNetError
 from ..registry import get_spec
 
 HELP = "SK attention per unit for enlarged images: CSV and figures"
+EXAMPLES = """\
+  sknet attention --model skresnet18 --checkpoint w.pth --images a.jpg b.jpg -o attention/"""
 BACKENDS = ("torch", "mindspore")
 
 

@@ -3,6 +3,9 @@ and between our, timm's and mindcv's names. The source's layout and model are fo
 its keys and shapes; values are copied bit for bit."""
 
 HELP = "convert a checkpoint between formats and layouts (lossless)"
+EXAMPLES = """\
+  sknet convert timm_skresnet18.pth skresnet18.ckpt               # PyTorch/timm -> MindSpore
+  sknet convert last.ckpt last.safetensors --layout timm"""
 
 
 def add_arguments(p):

@@ -6,6 +6,9 @@ from ..plan import build_plan
 from ..tree import count_macs, count_params
 
 HELP = "parameter count, MACs and structure of a model"
+EXAMPLES = """\
+  sknet info skresnet18
+  sknet info sknet50 --backend onnx --size 160 --json"""
 
 
 def add_arguments(p):

@@ -9,6 +9,9 @@ import sys
 import time
 
 HELP = "cross-backend numerical parity (PyTorch vs MindSpore), with a per-layer report"
+EXAMPLES = """\
+  sknet parity skresnet18
+  sknet parity sknet50 --mode graph --layers --json"""
 
 
 def add_arguments(p):

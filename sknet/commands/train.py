@@ -4,6 +4,9 @@ For several workers launch ``python -m sknet.train`` with torchrun (PyTorch) or 
 (MindSpore); see docs/training.md.
 """
 HELP = "train a recipe on PyTorch or MindSpore (one process; torchrun/msrun for several)"
+EXAMPLES = """\
+  sknet train --config fashion_mnist_small --backend torch
+  torchrun --nproc_per_node=2 -m sknet.train --config fashion_mnist_small --backend torch"""
 
 
 def add_arguments(p):

@@ -9,6 +9,8 @@ import json
 import time
 
 HELP = "top-1/top-5 of a checkpoint on the recipe's validation split (any backend, any checkpoint)"
+EXAMPLES = """\
+  sknet validate --config fashion_mnist_small --checkpoint runs/last.pth --backend mindspore"""
 
 
 def add_arguments(p):
