@@ -62,7 +62,8 @@ def test_accumulation_clipping_ema_and_syncbn_agree_across_backends(tmp_path):
 
     recipe = tiny_recipe(tmp_path, **{"batch_size": 32, "grad": {"accumulation": 2, "clip_norm": 0.5},
                                       "ema": {"enabled": True, "decay": 0.9, "warmup": "timm"},
-                                      "sync_bn": False, "schedule.warmup_epochs": 0, "optimizer.base_batch": 64})
+                                      "sync_bn": True, "schedule.warmup_epochs": 0, "optimizer.base_batch": 64,
+                                      "optimizer.nesterov": False})
     got = {}
     for backend, ext in (("torch", "pth"), ("mindspore", "ckpt")):
         out = tmp_path / backend
