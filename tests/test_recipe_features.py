@@ -28,14 +28,14 @@ def test_ema_decay_follows_timm_and_mindcv():
     assert ema_decay(EmaRecipe(decay=0.99), 1) == 0.99
 
 
-def run(backend, recipe, out):
+def run(backend, recipe, out, subset=128):
     from sknet.train import train
 
     seen = []
 
     def hook(step, model, optimizer):
         seen.append(step)
-    train(Options(recipe=recipe, backend=backend, out=str(out), subset=128, val_subset=100, quiet=True),
+    train(Options(recipe=recipe, backend=backend, out=str(out), subset=subset, val_subset=100, quiet=True),
           step_hook=hook)
     return seen
 
@@ -62,7 +62,8 @@ def test_accumulation_clipping_ema_and_syncbn_agree_across_backends(tmp_path):
 
     recipe = tiny_recipe(tmp_path, **{"batch_size": 32, "grad": {"accumulation": 2, "clip_norm": 0.5},
                                       "ema": {"enabled": True, "decay": 0.9, "warmup": "timm"},
-                                      "sync_bn": False, "schedule.warmup_epochs": 0, "optimizer.base_batch": 64})
+                                      "sync_bn": True, "schedule.warmup_epochs": 0, "optimizer.base_batch": 64,
+                                      "optimizer.nesterov": False})
     got = {}
     for backend, ext in (("torch", "pth"), ("mindspore", "ckpt")):
         out = tmp_path / backend
@@ -75,3 +76,31 @@ def test_accumulation_clipping_ema_and_syncbn_agree_across_backends(tmp_path):
     assert rel(et, em, init) < 1e-3
     # The EMA is neither the weights nor the init: decay 0 then 1 - 2 ** -2/3 over the two updates.
     assert rel(et, wt, init) > 0.1
+
+
+def test_amp_on_the_cpu_bf16_trains_and_an_overflow_run_stops(tmp_path):
+    """torch CPU autocast: bf16 steps train (finite loss, float32 checkpoint); fp16 with a loss scale
+    that overflows every step stops past amp.max_overflow_steps, naming the step, the checkpoint kept."""
+    import torch
+
+    from sknet.exits import exit_status
+    from sknet.training import RunFailed
+
+    bf16 = tiny_recipe(tmp_path, **{"amp": {"enabled": True, "dtype": "bf16"}})
+    assert run("torch", bf16, tmp_path / "bf16", subset=64) == [1, 2]
+    saved = torch.load(tmp_path / "bf16" / "last.pth", weights_only=True)["model"]
+    assert saved["fc.weight"].dtype == torch.float32 and all(torch.isfinite(v).all() for v in saved.values())
+
+    out = tmp_path / "fp16"
+    fp16 = tiny_recipe(tmp_path, **{"amp": {"enabled": True, "dtype": "fp16", "loss_scale": 3.0e38,
+                                            "max_overflow_steps": 1}})
+    from sknet.train import train
+
+    with pytest.raises(RunFailed) as info:
+        train(Options(recipe=fp16, backend="torch", out=str(out), subset=128, val_subset=100, ckpt_every=1,
+                      quiet=True, max_steps=2))
+    text = str(info.value)
+    assert exit_status(info.value) == 1 and "\n" not in text
+    assert text.startswith("rank 0: 2 overflowing AMP steps in a row at step 2 ")
+    # 3e38 x a loss of ~2.3 is inf in float32 at this scale and at GradScaler's halved one.
+    assert text.endswith(f"last good checkpoint: {out / 'last.pth'} (step 1)")

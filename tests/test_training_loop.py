@@ -14,7 +14,7 @@ from sknet.exits import exit_status
 from sknet.training import RunFailed, TrainError
 
 ADAPTER_METHODS = {"__init__", "build", "set_train", "step", "logits", "batches", "save", "load",
-                   "canonical_state"}
+                   "canonical_state", "update_ema"}
 WORLD_METHODS = {"__init__", "all_sum", "average_buffers", "close"}
 
 
