@@ -99,7 +99,7 @@ class DropPath(nn.Cell):
     """Stochastic depth, as ``sknet.backends.torch.layers.DropPath``: the decisions come from
     the model's ``sknet.stochastic.DropSource`` (NumPy, on the host), so PyTorch and MindSpore
     drop the same samples. Host-side draws need PYNATIVE mode (what the trainer runs); a
-    GRAPH-mode net would compile one draw in as a constant, so training there is refused."""
+    GRAPH-mode training pass fails to compile here: stochastic depth is PYNATIVE only."""
 
     def __init__(self, rate, source):
         super().__init__()
