@@ -37,17 +37,23 @@ def ms():
     return pytest.importorskip("mindspore")
 
 
+def use_device(target):
+    from sknet.backends.mindspore import use_device as use
+
+    use(target)
+
+
 @pytest.fixture
 def pynative(ms):
     ms.set_context(mode=ms.PYNATIVE_MODE)
-    ms.set_device("CPU")
+    use_device("CPU")
     yield ms
 
 
 @pytest.fixture
 def graph(ms):
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
+    use_device("CPU")
     yield ms
     ms.set_context(mode=ms.PYNATIVE_MODE)
 

@@ -22,5 +22,23 @@ from .fast import FastOptions, accelerate, resolve_options  # noqa: E402
 from .model import SKNet, build, count_trainable  # noqa: E402
 from .names import load_canonical, ms_name, to_canonical  # noqa: E402
 
+
+
+def use_device(target="CPU"):
+    """``mindspore.set_device(target)``, also in a process that already ran a kernel on it.
+
+    A kernel run before any ``set_device`` (e.g. an export or a ``create_model`` call
+    earlier in the process) starts the runtime on the default target, and a later
+    ``set_device`` of that same target then raises; a different target still does.
+    """
+    import mindspore as ms
+
+    try:
+        ms.set_device(target)
+    except RuntimeError:
+        if ms.get_context("device_target") != target:
+            raise
+
+
 __all__ = ["FastOptions", "SKNet", "accelerate", "build", "count_trainable", "load_canonical", "ms_name",
-           "resolve_options", "to_canonical"]
+           "resolve_options", "to_canonical", "use_device"]

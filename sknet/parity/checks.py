@@ -96,7 +96,9 @@ def set_mode(mode):
         raise SKNetError(f"unknown MindSpore mode '{mode}' (choose from: {', '.join(MODES)})")
     before = ms.get_context("mode")
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
-    ms.set_device("CPU")
+    from sknet.backends.mindspore import use_device
+
+    use_device("CPU")
     return before
 
 
