@@ -1,6 +1,6 @@
 """MindSpore's training adapter for ``sknet.training.loop``: one process, or data parallel under msrun.
 
-The optimizer is ``nn.Momentum`` with the recipe's per-step lr array (indexed by its
+The optimizer is momentum SGD (``momentum.py``) with the recipe's per-step lr array (indexed by its
 ``global_step``) and one param group per weight-decay value. The train step is our
 own cells rather than ``nn.TrainOneStepWithLossScaleCell``: that cell's overflow check
 is an Ascend-only op, so on the CPU it cannot run at all; ours multiplies the loss by
@@ -26,6 +26,7 @@ from sknet.training.progress import log
 from sknet.training.rundir import ema_path
 
 from .model import build
+from .momentum import momentum_optimizer
 from .names import ms_name, name_parameters, to_canonical
 
 
@@ -199,7 +200,7 @@ def sync_batchnorm(net):
 
 
 def make_optimizer(net, spec, recipe, lrs):
-    """nn.Momentum over per-weight-decay groups, with the schedule as its per-step lr array."""
+    """Momentum SGD (``momentum.py``) over per-weight-decay groups, with the schedule as its per-step lr array."""
     kinds = {ms_name(name, kind): (name, kind) for name, _, kind, trainable in tensor_specs(spec) if trainable}
     params = net.trainable_params()
     by_decay = {}
@@ -210,8 +211,7 @@ def make_optimizer(net, spec, recipe, lrs):
     groups = [{"params": ps, "weight_decay": wd} for wd, ps in by_decay.items()]
     # order_params keeps moments and updates in the model's parameter order, as PyTorch's.
     groups.append({"order_params": params})
-    return nn.Momentum(groups, learning_rate=ms.Tensor(np.asarray(lrs, np.float32)), momentum=o.momentum,
-                       use_nesterov=o.nesterov)
+    return momentum_optimizer(groups, ms.Tensor(np.asarray(lrs, np.float32)), o.momentum, o.nesterov)
 
 
 class Adapter:
