@@ -79,15 +79,19 @@ def canonical_tensors(raw, spec, scheme, allow_nonfinite=False):
     return weights, (tracked or None)
 
 
-def read_canonical(path, spec, allow_nonfinite=False):
-    """``{canonical name: ndarray}`` for ``spec`` from any supported file in any layout."""
-    raw = formats.read(path)
+def _state(raw, spec, allow_nonfinite):
+    """``{canonical name: ndarray}`` for ``spec`` from a file already read, in any layout."""
     if raw.format == "caffe":
         weights = formats.caffe.canonical(raw, spec)
         check_values(weights, raw.path, (), allow_nonfinite)
         return weights
-    scheme = detect_scheme(raw.tensors, str(path))
+    scheme = detect_scheme(raw.tensors, raw.path)
     return canonical_tensors(raw, spec, scheme, allow_nonfinite)[0]
+
+
+def read_canonical(path, spec, allow_nonfinite=False):
+    """``{canonical name: ndarray}`` for ``spec`` from any supported file in any layout."""
+    return _state(formats.read(path), spec, allow_nonfinite)
 
 
 def read_for_model(path, spec, allow_nonfinite=False):
@@ -95,14 +99,16 @@ def read_for_model(path, spec, allow_nonfinite=False):
     head): the whole classifier's checkpoint loads too, and the tensors the model has no
     place for (the head, a backbone's later stages) are left out, said once on stderr."""
     raw = formats.read(path)
-    scheme = detect_scheme(raw.tensors, str(path))
     full = spec.classifier()
     if full == spec:
-        return canonical_tensors(raw, spec, scheme, allow_nonfinite)[0]
-    shapes, optional = _expected(spec, scheme)
-    if not any(mismatch(shapes, raw.tensors, optional)):
-        return canonical_tensors(raw, spec, scheme, allow_nonfinite)[0]
-    tensors = canonical_tensors(raw, _fitted(full, raw, scheme), scheme, allow_nonfinite)[0]
+        return _state(raw, spec, allow_nonfinite)
+    if raw.format != "caffe":  # a Caffe file always holds the whole classifier
+        scheme = detect_scheme(raw.tensors, raw.path)
+        shapes, optional = _expected(spec, scheme)
+        if not any(mismatch(shapes, raw.tensors, optional)):
+            return canonical_tensors(raw, spec, scheme, allow_nonfinite)[0]
+        full = _fitted(full, raw, scheme)
+    tensors = _state(raw, full, allow_nonfinite)
     wanted = [name for name, *_ in tensor_specs(spec)]
     left = [name for name in tensors if name not in set(wanted)]
     shown = ", ".join(left[:3]) + (f" (+{len(left) - 3} more)" if len(left) > 3 else "")
@@ -167,8 +173,17 @@ def detect_model(raw, scheme, model=None):
     if len(tensors) > 1:  # cannot happen with exact matching; kept so that it can never pass silently
         raise CheckpointError(f"{raw.path}: fits several models ({', '.join(s.name for s in fits)}): "
                               f"pass --model")
-    prefer = [s for s in fits if s.name.startswith("mindcv_") == (scheme == "mindcv")]
+    # Replicas of another library's model share tensors with ours: a file in mindcv's layout
+    # goes to the mindcv_* replica, any other to our model (timm's), never to a *_caffe
+    # replica, whose input convention a .caffemodel alone implies.
+    origin = "mindcv" if scheme == "mindcv" else ""
+    prefer = [s for s in fits if _replica_of(s) == origin]
     return (prefer or fits)[0]
+
+
+def _replica_of(spec):
+    """Which library's model a registered spec replicates ('' for ours), from its name."""
+    return next((lib for lib in ("mindcv", "caffe") if lib in spec.name.split("_")), "")
 
 
 @lru_cache(maxsize=1)

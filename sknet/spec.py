@@ -161,6 +161,18 @@ class ModelSpec:
                         data["input"][stat] = [sum(vals) / len(vals)] * value
         return from_dict(data, self.source)
 
+    def derive(self, **sections):
+        """A copy with whole top-level sections replaced, given as their YAML data
+        (``stages={...}``, ``sk={...}``): for new architectures, where ``replace`` takes only
+        the user-facing keywords. Validated again."""
+        data = to_dict(self)
+        data.pop("source")
+        for key, value in sections.items():
+            if key not in data:
+                raise SpecError(self.source, key, f"unknown section (known: {', '.join(data)})")
+            data[key] = value
+        return from_dict(data, self.source)
+
     def classifier(self):
         """The whole classifier this spec is cut from: features off, average pooling, a head
         (1000 classes where it has none; a checkpoint's own head size replaces that)."""

@@ -94,11 +94,12 @@ def build(cls, data, source="", prefix=""):
     if not isinstance(data, dict):
         raise SpecError(source, prefix, f"expected a mapping, got {short(data)}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    # compare=False fields (``source``) are set by the loader, never read from the file.
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.compare}
     unknown = [k for k in data if k not in fields]
     if unknown:
         name = unknown[0] if isinstance(unknown[0], str) else short(unknown[0], 40)
-        name = name if len(name) <= 40 else name[:37] + "..."
+        name = name if len(name) <= 32 else name[:29] + "..."
         key = f"{prefix}.{name}" if prefix else name
         raise SpecError(source, key, f"unknown key (expected one of: {', '.join(fields)})")
     kwargs = {}

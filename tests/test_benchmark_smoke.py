@@ -55,7 +55,7 @@ def small(name):
     stages = dict(depths=[1] * len(spec.stages.depths), channels=[16, 32, 64, 128],
                   strides=list(spec.stages.strides), groups=min(spec.stages.groups, 4),
                   base_width=spec.stages.base_width)
-    return spec.replace(stages=stages, num_classes=10)
+    return spec.derive(stages=stages, num_classes=10)
 
 
 def test_mindspore_gemm_convs_match_native(pynative):

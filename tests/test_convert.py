@@ -113,12 +113,14 @@ def test_scheme_and_model_are_detected_for_every_shipped_model(name):
         assert detect_scheme(raw.tensors) == scheme
         found = detect_model(raw, scheme)
         assert [e.name for e in entries(found, scheme)] == list(raw.tensors)
-        # Twins (skresnet18 / mindcv_skresnet18, skresnext50_32x4d / sknet50_caffe) share tensors:
-        # mindcv names go to the mindcv model.
-        if name.startswith("mindcv_") or scheme != "mindcv":
-            twins = {"mindcv_skresnet18": "skresnet18", "sknet50_caffe": "skresnext50_32x4d"}
-            twin = twins.get(name, name) if scheme != "mindcv" else name
-            assert found.name in (name, twin)
+        # Twins share tensors (skresnet18 / mindcv_skresnet18, skresnext50_32x4d / sknet50_caffe):
+        # mindcv names go to the mindcv replica, any other names to ours, never to a Caffe replica.
+        twins = {"mindcv_skresnet18": "skresnet18", "sknet50_caffe": "skresnext50_32x4d"}
+        if scheme == "mindcv":
+            if name.startswith("mindcv_"):
+                assert found.name == name
+        else:
+            assert found.name == twins.get(name, name)
 
 
 def test_a_fine_tuned_head_and_stem_are_fitted():

@@ -281,7 +281,7 @@ def test_user_spec_with_other_branch_counts(branches, torch):
     # (a 5x5 among them) give PyTorch's logits too, BN kept and folded.
     from sknet.backends.onnx.exporters import reference_logits
 
-    spec = get_spec("sknet_small").replace(sk={
+    spec = get_spec("sknet_small").derive(sk={
         "branches": [{"kernel_size": k, "dilation": d} for k, d in branches], "split_input": False,
         "rd_ratio": 0.125, "rd_divisor": 16})
     tensors = trained_like(spec, seed=3)
