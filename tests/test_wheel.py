@@ -26,8 +26,10 @@ def wheel(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def installed(wheel, tmp_path_factory):
-    """A fresh venv holding the wheel; the frameworks (the extras) come from this test's
-    environment through a .pth line, as nothing may be downloaded here."""
+    """A fresh venv holding the wheel installed with its extras. Nothing may be downloaded here,
+    so the venv sees this test's environment through a .pth line and pip, run with no index,
+    resolves the extras' requirements against the distributions found there: a requirement
+    they do not satisfy (a numpy pin, a missing framework) fails the install."""
     env_dir = tmp_path_factory.mktemp("venv")
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
@@ -35,8 +37,10 @@ def installed(wheel, tmp_path_factory):
                           check=True, capture_output=True, text=True).stdout.strip()
     # Appended after the venv's own site-packages: the wheel's sknet wins over this checkout's.
     Path(site, "zz_frameworks.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
-                    str(wheel)], check=True, capture_output=True, timeout=300)
+    res = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index", "-q",
+                          f"sknet[all,test] @ {wheel.as_uri()}"], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
     return env_dir
 
 
