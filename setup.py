@@ -5,4 +5,5 @@ headers) the package installs without it and sknet.data decodes through PIL, to 
 """
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("sknet.data._jpeg", ["sknet/data/_jpeg.c"], libraries=["jpeg"], optional=True)])
+setup(ext_modules=[Extension("sknet.data._jpeg", ["sknet/data/_jpeg.c"], libraries=["jpeg"],
+                            extra_compile_args=["-ffp-contract=off"], optional=True)])

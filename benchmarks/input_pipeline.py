@@ -236,9 +236,11 @@ def stage_times(args):
     paths = [p for p, _ in samples][:args.images]
     size, n = args.size, len(paths)
     resample = T.RESAMPLE["bicubic"]
+    mean32, std32 = np.asarray(MEAN, np.float32).tobytes(), np.asarray(STD, np.float32).tobytes()
 
     def sknet_pass(epoch):
-        acc = dict.fromkeys(("read + header", "region decode", "resize", "flip", "jitter", "normalise"), 0.0)
+        last = ("jitter + normalise (C)", "append") if F._jpeg is not None else ("jitter", "normalise")
+        acc = dict.fromkeys(("read + header", "region decode", "resize", "flip") + last, 0.0)
         items = []
         for i, path in enumerate(paths):
             rng = T.item_rng(0, epoch, i)
@@ -256,9 +258,17 @@ def stage_times(args):
             if rng.random() < 0.5:
                 pil = pil.transpose(Image.FLIP_LEFT_RIGHT)
             t4 = time.perf_counter()
-            pil = T.color_jitter_pil(pil, rng, JITTER)
-            t5 = time.perf_counter()
-            items.append(T.normalize_u8(pil, MEAN, STD))
+            if F._jpeg is not None:        # one C pass (what TrainTransform runs with the extension)
+                factors, order = T.jitter_draws(rng, JITTER)
+                x = np.empty((3, size, size), np.float32)
+                F._jpeg.finish(pil.tobytes(), size * size, 3, bytes(int(k) for k in order),
+                               np.asarray(factors, np.float32).tobytes(), mean32, std32, False, x)
+                t5 = time.perf_counter()
+            else:
+                pil = T.color_jitter_pil(pil, rng, JITTER)
+                t5 = time.perf_counter()
+                x = T.normalize_u8(pil, MEAN, STD)
+            items.append(x)
             t6 = time.perf_counter()
             for key, a, b in zip(acc, (t0, t1, t2, t3, t4, t5), (t1, t2, t3, t4, t5, t6)):
                 acc[key] += b - a

@@ -483,3 +483,26 @@ def test_normalize_u8_of_a_pil_image_is_normalize():
     grey = img[:, :, :1]
     np.testing.assert_array_equal(T.normalize_u8(Image.fromarray(grey[:, :, 0]), (0.5,), (0.25,)),
                                   T.normalize(grey, (0.5,), (0.25,)))
+
+
+def test_c_jitter_and_normalisation_give_the_pil_paths_values(tmp_path, monkeypatch):
+    """TrainTransform from a file: the extension's one-pass jitter + normalisation against the
+    PIL path (lookup tables, PIL's grey and blend, normalize_u8), value for value."""
+    from sknet.data import folder as F
+
+    if F._jpeg is None:
+        pytest.skip("sknet.data._jpeg is not built (python setup.py build_ext --inplace; needs libjpeg-turbo headers)")
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    files = [p for p in _jpeg_variants(tmp_path) if p.suffix == ".jpg"]
+    for jitter, bgr, channels in ((0.4, False, 3), (0.9, True, 3), (0.0, False, 3), (0.4, False, 1)):
+        m, s = (mean, std) if channels == 3 else ((0.5,), (0.25,))
+        tf = T.TrainTransform(48, m, s, "random_resized", interpolation="bicubic", hflip=0.5, color_jitter=jitter,
+                              re_prob=0.25, bgr=bgr)
+        for i in range(12):
+            path = str(files[i % len(files)])
+            fast = tf(F.Encoded(path, channels), T.item_rng(1, 0, i))
+            with monkeypatch.context() as patch:
+                patch.setattr(F, "_jpeg", None)
+                slow = tf(F.Encoded(path, channels), T.item_rng(1, 0, i))
+            assert fast.dtype == np.float32 and fast.shape == (channels, 48, 48)
+            np.testing.assert_array_equal(fast, slow, err_msg=f"{path} jitter {jitter} bgr {bgr} channels {channels}")

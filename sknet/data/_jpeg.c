@@ -10,6 +10,8 @@
 #include <Python.h>
 #include <setjmp.h>
 #include <stdio.h>
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <jpeglib.h>
 #include <jerror.h>
@@ -140,12 +142,125 @@ done:
     return out;
 }
 
+/* Colour jitter and normalisation of a uint8 HWC image in one pass each, to float32 CHW.
+ *
+ * The same arithmetic as sknet/data/transforms.py's PIL path, so the same values:
+ * brightness and contrast are per-level tables rounded half to even (np.rint) of float32
+ * products, the contrast's grey mean is the mean of PIL's "L" conversion (ITU-R 601-2 in
+ * 16-bit fixed point), saturation is PIL's blend with that grey image (float, truncated;
+ * clipped when extrapolating), normalisation is ((v * float32(1/255)) - mean) / std in
+ * float32. setup.py compiles this file with -ffp-contract=off: a fused multiply-add would
+ * round differently from NumPy's separate operations.
+ */
+static inline int grey_level(const unsigned char *p) {
+    return (p[0] * 19595 + p[1] * 38470 + p[2] * 7471 + 0x8000) >> 16;
+}
+
+static inline unsigned char clip_level(float v) {
+    v = nearbyintf(v);
+    return v <= 0.0f ? 0 : v >= 255.0f ? 255 : (unsigned char)v;
+}
+
+static void apply_table(unsigned char *px, size_t n, const unsigned char *table) {
+    size_t i;
+    for (i = 0; i < n; i++) px[i] = table[px[i]];
+}
+
+/* finish(data, pixels, channels, order, factors, mean, std, bgr, out) */
+static PyObject *finish(PyObject *self, PyObject *args) {
+    Py_buffer data, order, factors, mean, std, out;
+    Py_ssize_t pixels;
+    int channels, bgr;
+    if (!PyArg_ParseTuple(args, "y*niy*y*y*y*pw*", &data, &pixels, &channels, &order, &factors, &mean, &std,
+                          &bgr, &out))
+        return NULL;
+    if ((channels != 1 && channels != 3) || data.len != pixels * channels || factors.len != 3 * (Py_ssize_t)sizeof(float) ||
+        mean.len != channels * (Py_ssize_t)sizeof(float) || std.len != channels * (Py_ssize_t)sizeof(float) ||
+        out.len != pixels * channels * (Py_ssize_t)sizeof(float) || order.len > 3) {
+        PyBuffer_Release(&data); PyBuffer_Release(&order); PyBuffer_Release(&factors);
+        PyBuffer_Release(&mean); PyBuffer_Release(&std); PyBuffer_Release(&out);
+        PyErr_SetString(PyExc_ValueError, "finish: buffer sizes do not match pixels x channels");
+        return NULL;
+    }
+    unsigned char *px = (unsigned char *)malloc((size_t)data.len);
+    if (px == NULL) {
+        PyBuffer_Release(&data); PyBuffer_Release(&order); PyBuffer_Release(&factors);
+        PyBuffer_Release(&mean); PyBuffer_Release(&std); PyBuffer_Release(&out);
+        return PyErr_NoMemory();
+    }
+    memcpy(px, data.buf, (size_t)data.len);
+    Py_BEGIN_ALLOW_THREADS
+    const float *f = (const float *)factors.buf;
+    const unsigned char *ops = (const unsigned char *)order.buf;
+    size_t n = (size_t)pixels, i;
+    unsigned char table[256];
+    Py_ssize_t k;
+    int v, c;
+    for (k = 0; k < order.len; k++) {
+        float fk = f[ops[k]];
+        if (ops[k] == 0) {                                  /* brightness */
+            for (v = 0; v < 256; v++) table[v] = clip_level((float)v * fk);
+            apply_table(px, n * channels, table);
+        } else if (ops[k] == 1) {                           /* contrast */
+            unsigned long long sum = 0;
+            if (channels == 3) for (i = 0; i < n; i++) sum += (unsigned long long)grey_level(px + 3 * i);
+            else for (i = 0; i < n; i++) sum += px[i];
+            float m = (float)((double)sum / (double)n);
+            float w = 1.0f - fk;
+            for (v = 0; v < 256; v++) {
+                float a = (float)v * fk;
+                float b = w * m;
+                table[v] = clip_level(a + b);
+            }
+            apply_table(px, n * channels, table);
+        } else if (channels == 3 && fk != 1.0f) {          /* saturation: PIL's blend(grey, image, f) */
+            int inside = fk >= 0.0f && fk <= 1.0f;
+            for (i = 0; i < n; i++) {
+                unsigned char *p = px + 3 * i;
+                int g = grey_level(p);
+                if (fk == 0.0f) { p[0] = p[1] = p[2] = (unsigned char)g; continue; }
+                for (c = 0; c < 3; c++) {
+                    float t = (float)g + fk * (float)((int)p[c] - g);
+                    if (inside) p[c] = (unsigned char)t;
+                    else p[c] = t <= 0.0f ? 0 : t >= 255.0f ? 255 : (unsigned char)t;
+                }
+            }
+        }
+    }
+    {
+        const float *mu = (const float *)mean.buf, *sd = (const float *)std.buf;
+        float *o = (float *)out.buf;
+        const float scale = (float)(1.0 / 255.0);
+        float levels[3][256];
+        for (c = 0; c < channels; c++)
+            for (v = 0; v < 256; v++) {
+                float x = (float)v * scale;
+                x = x - mu[c];
+                levels[c][v] = x / sd[c];
+            }
+        for (c = 0; c < channels; c++) {
+            int src = bgr && channels == 3 ? channels - 1 - c : c;
+            const float *t = levels[c];
+            float *oc = o + (size_t)c * n;
+            const unsigned char *q = px + src;
+            for (i = 0; i < n; i++) oc[i] = t[q[i * channels]];
+        }
+    }
+    Py_END_ALLOW_THREADS
+    free(px);
+    PyBuffer_Release(&data); PyBuffer_Release(&order); PyBuffer_Release(&factors);
+    PyBuffer_Release(&mean); PyBuffer_Release(&std); PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"header", header, METH_VARARGS, "(width, height, components) of a JPEG's header."},
     {"region", region, METH_VARARGS, "region(data, denom, top, left, height, width, channels) -> bytes"},
+    {"finish", finish, METH_VARARGS,
+     "finish(data, pixels, channels, order, factors, mean, std, bgr, out): jitter + normalise into out"},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jpeg", "libjpeg-turbo region decoding", -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jpeg", "libjpeg-turbo region decoding; colour jitter and normalisation in one pass", -1, methods};
 
 PyMODINIT_FUNC PyInit__jpeg(void) { return PyModule_Create(&module); }

@@ -12,6 +12,7 @@ import math
 import numpy as np
 from PIL import Image
 
+from . import folder
 from .folder import Encoded
 
 RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
@@ -172,13 +173,18 @@ def _grey_mean(img):
 LEVELS = np.arange(256, dtype=np.float32)
 
 
+def jitter_draws(rng, strength):
+    """(factors, order) of ``color_jitter``: three factors in [max(0, 1-s), 1+s], then an order."""
+    lo, hi = max(0.0, 1.0 - strength), 1.0 + strength
+    factors = [rng.uniform(lo, hi) for _ in ADJUSTMENTS]
+    return factors, rng.permutation(len(ADJUSTMENTS))
+
+
 def color_jitter_pil(pil, rng, strength):
     """``color_jitter_u8`` on a PIL image, giving a PIL image (the file pipeline's form)."""
     if strength <= 0:
         return pil
-    lo, hi = max(0.0, 1.0 - strength), 1.0 + strength
-    factors = [rng.uniform(lo, hi) for _ in ADJUSTMENTS]
-    order = rng.permutation(len(ADJUSTMENTS))
+    factors, order = jitter_draws(rng, strength)
     for op in order:
         f = np.float32(factors[op])
         if op == 0:
@@ -315,9 +321,19 @@ class TrainTransform:
         pil = enc.image(box, self.size, self.size, RESAMPLE[self.interpolation])
         if self.hflip > 0 and rng.random() < self.hflip:
             pil = pil.transpose(Image.FLIP_LEFT_RIGHT)
-        if self.color_jitter > 0:
-            pil = color_jitter_pil(pil, rng, self.color_jitter)
-        x = normalize_u8(pil, self.mean, self.std, self.bgr)
+        fast = folder._jpeg
+        if fast is not None:
+            # The C extension's one pass: the same jitter and normalisation arithmetic as below.
+            factors, order = jitter_draws(rng, self.color_jitter) if self.color_jitter > 0 else ([1.0] * 3, [])
+            channels = len(pil.getbands())
+            x = np.empty((channels, pil.height, pil.width), np.float32)
+            fast.finish(pil.tobytes(), pil.width * pil.height, channels, bytes(int(k) for k in order),
+                        np.asarray(factors, np.float32).tobytes(), np.asarray(self.mean, np.float32).tobytes(),
+                        np.asarray(self.std, np.float32).tobytes(), bool(self.bgr), x)
+        else:
+            if self.color_jitter > 0:
+                pil = color_jitter_pil(pil, rng, self.color_jitter)
+            x = normalize_u8(pil, self.mean, self.std, self.bgr)
         return random_erasing(x, rng, self.re_prob, self.re_mode)
 
 
