@@ -9,8 +9,9 @@ One folder (the foolbox ImageNet photos, plus scikit-image's if installed, resiz
 saturation) and ImageNet normalisation. Each pipeline runs in its own process pinned to
 as many cores as it has workers (``taskset``; every library held to one thread per
 core), so figures are images/s per core. "sknet" is the trainers' path (float32 NCHW
-batches from sknet.data through the PyTorch adapter's DataLoader); all three give
-normalised float32 CHW batches.
+batches from sknet.data through the PyTorch adapter's DataLoader), decoding JPEGs through
+the ``sknet.data._jpeg`` extension where it is built; "sknet-pil" is the same pipeline with
+PIL decoding (the fallback, same pixels). All give normalised float32 CHW batches.
 """
 import argparse
 import importlib.util
@@ -24,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PIPELINES = ("sknet", "mindspore", "pil")
+PIPELINES = ("sknet", "sknet-pil", "mindspore", "pil")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 JITTER, SCALE, RATIO = 0.4, (0.08, 1.0), (3 / 4, 4 / 3)
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -40,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
     p.add_argument("--folder", help="an existing ImageFolder root/train/<class>/*.jpg (else built in a temp dir)")
     p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--stages", action="store_true",
+                   help="instead: ms per image of each step on one core, sknet's against mindspore's ops called one by one")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -112,8 +115,13 @@ def sknet_source(folder, size):
                    channels=3, name=folder)
 
 
-def run_sknet(args, workers):
+def run_sknet(args, workers, decoder="auto"):
     import torch
+
+    from sknet.data import folder
+
+    if decoder == "pil":
+        folder._jpeg = None        # the fallback path, as where the extension is not built
 
     from sknet.data import epoch_batches
     from sknet.training.batches import BatchSource
@@ -216,7 +224,119 @@ def _pil_batch(k):
     return _PIL_BATCH(k)
 
 
+def stage_times(args):
+    """{pipeline: {stage: ms per image}}: each step timed alone over the folder, best of the passes."""
+    import numpy as np
+    from PIL import Image
+
+    from sknet.data import folder as F
+    from sknet.data import transforms as T
+
+    _, samples = F.scan(args.folder, "train")
+    paths = [p for p, _ in samples][:args.images]
+    size, n = args.size, len(paths)
+    resample = T.RESAMPLE["bicubic"]
+    mean32, std32 = np.asarray(MEAN, np.float32).tobytes(), np.asarray(STD, np.float32).tobytes()
+
+    def sknet_pass(epoch):
+        last = ("jitter + normalise (C)", "append") if F._jpeg is not None else ("jitter", "normalise")
+        acc = dict.fromkeys(("read + header", "region decode", "resize", "flip") + last, 0.0)
+        items = []
+        for i, path in enumerate(paths):
+            rng = T.item_rng(0, epoch, i)
+            t0 = time.perf_counter()
+            enc = F.Encoded(path, 3)
+            top, left, h, w = T.random_resized_crop_box(enc.shape[0], enc.shape[1], rng, SCALE, RATIO)
+            t1 = time.perf_counter()
+            # enc.image's two steps, apart (scale 1: no crop here shrinks 2x at 224 px).
+            y0, y1 = F._region(top, top + h, size, enc.shape[0])
+            x0, x1 = F._region(left, left + w, size, enc.shape[1])
+            src = enc._decode(1, (y0, x0, y1 - y0, x1 - x0))
+            t2 = time.perf_counter()
+            pil = src.resize((size, size), resample, box=(left - x0, top - y0, left + w - x0, top + h - y0))
+            t3 = time.perf_counter()
+            if rng.random() < 0.5:
+                pil = pil.transpose(Image.FLIP_LEFT_RIGHT)
+            t4 = time.perf_counter()
+            if F._jpeg is not None:        # one C pass (what TrainTransform runs with the extension)
+                factors, order = T.jitter_draws(rng, JITTER)
+                x = np.empty((3, size, size), np.float32)
+                F._jpeg.finish(pil.tobytes(), size * size, 3, bytes(int(k) for k in order),
+                               np.asarray(factors, np.float32).tobytes(), mean32, std32, False, x)
+                t5 = time.perf_counter()
+            else:
+                pil = T.color_jitter_pil(pil, rng, JITTER)
+                t5 = time.perf_counter()
+                x = T.normalize_u8(pil, MEAN, STD)
+            items.append(x)
+            t6 = time.perf_counter()
+            for key, a, b in zip(acc, (t0, t1, t2, t3, t4, t5), (t1, t2, t3, t4, t5, t6)):
+                acc[key] += b - a
+        t0 = time.perf_counter()
+        for k in range(0, n - args.batch + 1, args.batch):
+            np.stack(items[k:k + args.batch])
+        acc["collate"] = (time.perf_counter() - t0) * n / (n // args.batch * args.batch)
+        return acc
+
+    def mindspore_pass(epoch):
+        import mindspore.dataset as ds
+        import mindspore.dataset.vision as vision
+        from mindspore.dataset.vision import Inter
+
+        ds.config.set_seed(epoch)
+        ops = {"read": None,
+               "RandomCropDecodeResize": vision.RandomCropDecodeResize(size, scale=SCALE, ratio=RATIO,
+                                                                       interpolation=Inter.BICUBIC),
+               "RandomHorizontalFlip": vision.RandomHorizontalFlip(0.5),
+               "RandomColorAdjust": vision.RandomColorAdjust(JITTER, JITTER, JITTER),
+               "Normalize": vision.Normalize([m * 255 for m in MEAN], [s * 255 for s in STD]),
+               "HWC2CHW": vision.HWC2CHW()}
+        acc = dict.fromkeys(ops, 0.0)
+        for path in paths:
+            t = time.perf_counter()
+            x = np.fromfile(path, np.uint8)
+            acc["read"] += time.perf_counter() - t
+            for name, op in list(ops.items())[1:]:
+                t = time.perf_counter()
+                x = op(x)
+                acc[name] += time.perf_counter() - t
+        return acc
+
+    out = {}
+    for name, one_pass in (("sknet", sknet_pass), ("mindspore", mindspore_pass)):
+        if name not in args.pipelines:
+            continue
+        one_pass(0)                                    # warm-up: file cache, lazy imports
+        runs = [one_pass(e) for e in range(1, args.passes + 1)]
+        out[name] = {k: min(r[k] for r in runs) / n * 1e3 for k in runs[0]}
+    return out
+
+
+def print_stages(args):
+    cores = sorted(os.sched_getaffinity(0))[:1]
+    env = dict(os.environ, GLOG_v="3", **{v: "1" for v in THREAD_VARS})
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "stages:1", "--folder", args.folder,
+           "--images", str(args.images), "--passes", str(args.passes), "--batch", str(args.batch),
+           "--size", str(args.size), "--pipelines", *args.pipelines]
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", ",".join(map(str, cores))] + cmd
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"stage timing failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# ms per image, one core, {args.images} images, best of {args.passes}, {args.size} px, "
+          f"load average {load:.2f}; mindspore's ops called one by one (eager: each call's Python overhead included)")
+    for name, stages in rows.items():
+        print(f"| {name} | " + " | ".join(f"{k} {v:.3f}" for k, v in stages.items())
+              + f" | total {sum(stages.values()):.3f} ms ({1e3 / sum(stages.values()):.0f} img/s) |")
+    return 0
+
+
 def child(args):
+    if args.child == "stages:1":
+        print(json.dumps(stage_times(args)))
+        return
     name, workers = args.child.split(":")
     workers = int(workers)
     if name == "mindspore":
@@ -224,7 +344,7 @@ def child(args):
     elif name == "pil":
         times = run_pil(args, workers)
     else:
-        times = run_sknet(args, workers)
+        times = run_sknet(args, workers, "pil" if name == "sknet-pil" else "auto")
     print(json.dumps({"times": times}))
 
 
@@ -248,6 +368,9 @@ def measure(args, name, workers, images):
 
 def versions():
     out = {"python": platform.python_version()}
+    from sknet.data import folder
+
+    out["sknet decode"] = "libjpeg-turbo region (sknet.data._jpeg)" if folder._jpeg else "PIL (no sknet.data._jpeg)"
     for mod in ("PIL", "numpy", "torch", "mindspore"):
         try:
             out[mod] = __import__(mod).__version__
@@ -271,6 +394,8 @@ def main(argv=None):
         tmp = tempfile.mkdtemp(prefix="sknet-pipeline-")
         args.folder = build_folder(tmp, args.images)
     try:
+        if args.stages:
+            return print_stages(args)
         rows = {name: {w: measure(args, name, w, images) for w in args.workers} for name in args.pipelines}
     finally:
         if tmp:

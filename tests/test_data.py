@@ -356,13 +356,153 @@ def test_encoded_jpeg_crops_decode_at_reduced_scale_only_when_they_shrink(tmp_pa
     full = Image.open(path).convert("RGB")
     enc = Encoded(str(path), 3)
     assert enc.shape == (480, 640, 3)
-    # A crop that shrinks less than 2x: the same pixels as full decode + PIL resize.
+    # A crop that shrinks less than 2x: full scale, the rows and columns the bicubic filter
+    # reads (3 px per unit of shrink, +1, each side) cut out of the full decode, then resized.
     box = (40, 60, 300, 400)
-    ref = np.asarray(full.resize((224, 224), Image.BICUBIC, box=(60, 40, 460, 340)))
+    m = 3 * 400 / 224 + 1
+    x0, y0, x1, y1 = math.floor(60 - m), math.floor(40 - m), math.ceil(460 + m), math.ceil(340 + m)
+    ref = np.asarray(full.crop((x0, y0, x1, y1)).resize((224, 224), Image.BICUBIC,
+                                                        box=(60 - x0, 40 - y0, 460 - x0, 340 - y0)))
     np.testing.assert_array_equal(enc.resized(box, 224, 224, Image.BICUBIC), ref)
+    # Resizing the whole decoded image instead moves PIL's filter positions by float rounding
+    # (they are computed from the image's origin): a level here and there, no more.
+    whole = np.asarray(full.resize((224, 224), Image.BICUBIC, box=(60, 40, 460, 340))).astype(int)
+    assert np.abs(ref.astype(int) - whole).max() <= 1
     # The whole image to 64 px: decoded at 1/4 scale, close to the full decode on a smooth image,
     # and the same on every call (what keeps both backends' batches identical).
     small = enc.resized((0, 0, 480, 640), 64, 64, Image.BICUBIC)
     ref = np.asarray(full.resize((64, 64), Image.BICUBIC)).astype(int)
     assert np.abs(small.astype(int) - ref).mean() < 2.0
     np.testing.assert_array_equal(small, Encoded(str(path), 3).resized((0, 0, 480, 640), 64, 64, Image.BICUBIC))
+
+
+def _photo_like(height, width, seed):
+    """A textured RGB image (gradients, a few shapes, noise): JPEG has work to do in every block."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx * 255 // width, yy * 255 // height, (xx * yy) % 256], axis=2).astype(np.float32)
+    base += 40 * np.sin(xx / 7.0)[..., None] * np.cos(yy / 11.0)[..., None]
+    base += rng.normal(0, 12, base.shape)
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def _jpeg_variants(folder):
+    """Files covering libjpeg's decode paths: 4:2:0, 4:4:4, progressive, greyscale; and a PNG."""
+    img = Image.fromarray(_photo_like(375, 500, 0))
+    files = {"420.jpg": dict(quality=90), "444.jpg": dict(quality=90, subsampling=0),
+             "progressive.jpg": dict(quality=85, progressive=True)}
+    for name, opts in files.items():
+        img.save(folder / name, **opts)
+    img.convert("L").save(folder / "grey.jpg", quality=90)
+    Image.fromarray(_photo_like(97, 131, 1)).save(folder / "odd.jpg", quality=90)   # sizes off the 8/16 grid
+    img.save(folder / "plain.png")
+    return sorted(folder.iterdir())
+
+
+def test_region_decode_gives_the_pil_paths_pixels(tmp_path, monkeypatch):
+    """The C fast path (libjpeg-turbo region decode) and the PIL fallback: the same pixels."""
+    from sknet.data import folder as F
+
+    if F._jpeg is None:
+        pytest.skip("sknet.data._jpeg is not built (python setup.py build_ext --inplace; needs libjpeg-turbo headers)")
+    rng = np.random.default_rng(0)
+    for path in _jpeg_variants(tmp_path):
+        for channels in (3, 1):
+            fast = F.Encoded(str(path), channels)
+            # Colour files read as greyscale, and PNGs, stay with PIL (its luma, not libjpeg's).
+            colour = path.name in ("420.jpg", "444.jpg", "progressive.jpg", "odd.jpg")
+            assert (fast.data is not None) == (path.suffix == ".jpg" and (channels == 3 or not colour))
+            with monkeypatch.context() as m:
+                m.setattr(F, "_jpeg", None)
+                slow = F.Encoded(str(path), channels)
+                full = slow.array()
+                crops = []
+                for size, interp in ((224, "bicubic"), (64, "bilinear"), (40, "bicubic"), (16, "nearest")):
+                    for _ in range(6):
+                        box = T.random_resized_crop_box(fast.shape[0], fast.shape[1], rng)
+                        crops.append((box, size, interp, T.resize_crop(slow, box, size, interp)))
+            assert fast.shape == slow.shape == full.shape
+            # Independent reference: PIL's own full decode.
+            ref = np.asarray(Image.open(path).convert("L" if channels == 1 else "RGB"))
+            np.testing.assert_array_equal(fast.array(), ref.reshape(full.shape))
+            np.testing.assert_array_equal(full, ref.reshape(full.shape))
+            for box, size, interp, want in crops:
+                got = T.resize_crop(fast, box, size, interp)
+                np.testing.assert_array_equal(got, want, err_msg=f"{path.name} {channels} {box} {size} {interp}")
+
+
+def test_truncated_jpeg_is_an_error_naming_the_file(tmp_path):
+    from sknet.data.folder import Encoded
+
+    Image.fromarray(_photo_like(375, 500, 2)).save(tmp_path / "a.jpg", quality=90)
+    data = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 3])
+    enc = Encoded(str(tmp_path / "cut.jpg"), 3)        # the header is intact
+    with pytest.raises(DatasetError, match="cut.jpg"):
+        enc.resized((300, 0, 75, 500), 64, 64, Image.BILINEAR)   # rows past the end of the data
+    (tmp_path / "junk.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 50)
+    with pytest.raises(DatasetError, match="junk.jpg"):
+        Encoded(str(tmp_path / "junk.jpg"), 3).array()
+
+
+def test_file_pipeline_takes_the_same_draws_and_tracks_the_array_pipeline(tmp_path):
+    """TrainTransform on a file (PIL image from decode to normalisation) against the same
+    transform on the decoded array: the same draws consumed, pixels within the resize's and
+    the uint8 jitter's rounding."""
+    from sknet.data.folder import Encoded
+
+    path = tmp_path / "a.jpg"
+    Image.fromarray(_photo_like(375, 500, 3)).save(path, quality=90)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    # 224 px from 375 x 500: no crop shrinks 2x, so both decode at full scale.
+    tf = T.TrainTransform(224, mean, std, "random_resized", interpolation="bicubic", hflip=0.5, color_jitter=0.4,
+                          re_prob=0.5)
+    array = Encoded(str(path), 3).array()
+    diffs = []
+    for i in range(24):
+        r1, r2 = T.item_rng(0, 0, i), T.item_rng(0, 0, i)
+        x1, x2 = tf(Encoded(str(path), 3), r1), tf(array, r2)
+        assert r1.random() == r2.random()
+        levels = np.abs(x1 - x2) * (np.asarray(std, np.float32)[:, None, None] * 255)
+        diffs.append(levels)
+        # Erased rectangles (zeros) agree exactly: same draws.
+        np.testing.assert_array_equal(x1 == 0, x2 == 0)
+    levels = np.stack(diffs)
+    # The file path resizes the crop's neighbourhood, the array path the whole image: PIL's
+    # float filter positions may differ in a rounding (a few levels at a few pixels, measured
+    # 0 on this image, <= 7 on photos); diverging draws would differ everywhere.
+    assert levels.max() <= 8 and levels.mean() < 0.05
+
+
+def test_normalize_u8_of_a_pil_image_is_normalize():
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    img = np.random.default_rng(5).integers(0, 256, (17, 23, 3), dtype=np.uint8)
+    for bgr in (False, True):
+        np.testing.assert_array_equal(T.normalize_u8(Image.fromarray(img), mean, std, bgr),
+                                      T.normalize(img, mean, std, bgr))
+    grey = img[:, :, :1]
+    np.testing.assert_array_equal(T.normalize_u8(Image.fromarray(grey[:, :, 0]), (0.5,), (0.25,)),
+                                  T.normalize(grey, (0.5,), (0.25,)))
+
+
+def test_c_jitter_and_normalisation_give_the_pil_paths_values(tmp_path, monkeypatch):
+    """TrainTransform from a file: the extension's one-pass jitter + normalisation against the
+    PIL path (lookup tables, PIL's grey and blend, normalize_u8), value for value."""
+    from sknet.data import folder as F
+
+    if F._jpeg is None:
+        pytest.skip("sknet.data._jpeg is not built (python setup.py build_ext --inplace; needs libjpeg-turbo headers)")
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    files = [p for p in _jpeg_variants(tmp_path) if p.suffix == ".jpg"]
+    for jitter, bgr, channels in ((0.4, False, 3), (0.9, True, 3), (0.0, False, 3), (0.4, False, 1)):
+        m, s = (mean, std) if channels == 3 else ((0.5,), (0.25,))
+        tf = T.TrainTransform(48, m, s, "random_resized", interpolation="bicubic", hflip=0.5, color_jitter=jitter,
+                              re_prob=0.25, bgr=bgr)
+        for i in range(12):
+            path = str(files[i % len(files)])
+            fast = tf(F.Encoded(path, channels), T.item_rng(1, 0, i))
+            with monkeypatch.context() as patch:
+                patch.setattr(F, "_jpeg", None)
+                slow = tf(F.Encoded(path, channels), T.item_rng(1, 0, i))
+            assert fast.dtype == np.float32 and fast.shape == (channels, 48, 48)
+            np.testing.assert_array_equal(fast, slow, err_msg=f"{path} jitter {jitter} bgr {bgr} channels {channels}")

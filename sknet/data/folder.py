@@ -1,4 +1,5 @@
 """ImageNet-style folders: ``root/<split>/<class>/<image>``, classes in sorted order."""
+import math
 from pathlib import Path
 
 import numpy as np
@@ -47,48 +48,107 @@ def decode(path, channels):
     return arr
 
 
+try:
+    from . import _jpeg   # the optional C fast path (setup.py); PIL gives the same pixels without it
+except ImportError:
+    _jpeg = None
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+# Reach of PIL's resampling filters in source pixels per unit of shrink (Lanczos, the widest, 3).
+FILTER_REACH = 3
+
+
+def _region(start, stop, out, limit):
+    """The whole source pixels a resize of [start, stop) to ``out`` pixels reads, within [0, limit)."""
+    reach = FILTER_REACH * max(1.0, (stop - start) / out) + 1
+    return max(0, math.floor(start - reach)), min(limit, math.ceil(stop + reach))
+
+
 class Encoded:
     """An image file not decoded yet: its size comes from the header, its pixels on demand.
 
-    A crop that is shrunk by 2x or more is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
-    scaling, ``Image.draft``), so a JPEG never decodes many more pixels than the crop keeps.
-    Whether that happens depends only on the file's size and the crop, never on timing or
-    process, so every worker and backend gets the same pixels.
+    Only the pixels a crop needs are decoded: a JPEG's rows and iMCU columns around the crop
+    (libjpeg-turbo's partial decompression, through the ``_jpeg`` extension when it is
+    built), and a crop that is shrunk by 2x or more is decoded at 1/2, 1/4 or 1/8 scale
+    (libjpeg's DCT scaling; ``Image.draft`` in PIL). The resize then reads the same pixels
+    whichever way they were decoded: both paths cut the same rectangle out of the same
+    decode (libjpeg's region decode gives a full decode's pixels) and resize it with the
+    same box, so they give identical images. Which scale and rectangle are used depends only
+    on the file's size and the crop, never on timing or process, so every worker and
+    backend gets the same pixels.
     """
 
     def __init__(self, path, channels):
-        self.path, self.channels = path, channels
+        self.path, self.channels, self.data, self.jpeg = path, channels, None, False
+        if _jpeg is not None:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as err:
+                raise DatasetError(f"{path}: cannot read image: {err}") from None
+            if data[:3] == JPEG_MAGIC:
+                try:
+                    width, height, components = _jpeg.header(data)
+                except ValueError as err:
+                    raise DatasetError(f"{path}: cannot decode image: {err}") from None
+                # libjpeg's greyscale output is the luma plane, PIL's convert("L") its own
+                # weighting of RGB: a colour file read as greyscale (and CMYK) stays with PIL.
+                if components == 1 or (components == 3 and channels == 3):
+                    self.data, self.jpeg = data, True
+                    self.shape = (height, width, channels)
+                    return
         try:
             with Image.open(path) as img:
                 width, height = img.size
+                self.jpeg = img.format == "JPEG"
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             raise DatasetError(f"{path}: cannot decode image: {err}") from None
         self.shape = (height, width, channels)
 
     def array(self):
-        return decode(self.path, self.channels)
+        if self.data is None:
+            return decode(self.path, self.channels)
+        return _array(self._decode(1, (0, 0) + self.shape[:2]))
 
-    def resized(self, box, out_w, out_h, resample):
-        """uint8 HWC: crop ``box`` = (top, left, height, width) resized to ``out_h`` x ``out_w``."""
+    def _decode(self, scale, rect):
+        """PIL image of ``rect`` = (top, left, height, width) of the file decoded at 1/``scale``."""
+        top, left, h, w = rect
+        if self.data is not None:
+            try:
+                buf = _jpeg.region(self.data, scale, top, left, h, w, self.channels)
+            except ValueError as err:
+                raise DatasetError(f"{self.path}: cannot decode image: {err}") from None
+            return Image.frombuffer(_mode(self.channels), (w, h), buf, "raw", _mode(self.channels), 0, 1)
+        height, width = self.shape[:2]
+        try:
+            with Image.open(self.path) as img:
+                if scale > 1:
+                    # draft picks the largest s in (8, 4, 2) with size // requested >= s; for a
+                    # request of size // s that quotient lies in [s, 2s), so it picks s itself.
+                    img.draft(img.mode, (width // scale, height // scale))
+                img = img if img.mode == _mode(self.channels) else img.convert(_mode(self.channels))
+                return img.crop((left, top, left + w, top + h))
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+            raise DatasetError(f"{self.path}: cannot decode image: {err}") from None
+
+    def image(self, box, out_w, out_h, resample):
+        """PIL image: crop ``box`` = (top, left, height, width) resized to ``out_h`` x ``out_w``."""
         top, left, h, w = box
         # The largest DCT scale that still leaves the crop at least as large as the output on
         # both sides: the resize after it still shrinks, so it keeps no detail the scaling lost.
         scale = next(s for s in (8, 4, 2, 1) if s == 1 or (w >= s * out_w and h >= s * out_h))
+        if not self.jpeg:
+            scale = 1
+        if scale == 1 and (h, w) == (out_h, out_w):
+            return self._decode(1, box)
         height, width = self.shape[:2]
-        try:
-            with Image.open(self.path) as img:
-                if scale > 1 and img.format == "JPEG":
-                    # draft picks the largest s in (8, 4, 2) with size // requested >= s; for a
-                    # request of size // s that quotient lies in [s, 2s), so it picks s itself.
-                    img.draft(img.mode, (width // scale, height // scale))
-                else:
-                    scale = 1
-                img = img if img.mode == _mode(self.channels) else img.convert(_mode(self.channels))
-                if scale == 1 and (h, w) == (out_h, out_w):
-                    out = img.crop((left, top, left + w, top + h))
-                else:
-                    out = img.resize((out_w, out_h), resample,
-                                     box=(left / scale, top / scale, (left + w) / scale, (top + h) / scale))
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
-            raise DatasetError(f"{self.path}: cannot decode image: {err}") from None
-        return _array(out)
+        # libjpeg's scaled size rounds up; the box is exact in binary (scale is a power of 2).
+        y0, y1 = _region(top / scale, (top + h) / scale, out_h, -(-height // scale))
+        x0, x1 = _region(left / scale, (left + w) / scale, out_w, -(-width // scale))
+        src = self._decode(scale, (y0, x0, y1 - y0, x1 - x0))
+        return src.resize((out_w, out_h), resample, box=(left / scale - x0, top / scale - y0,
+                                                         (left + w) / scale - x0, (top + h) / scale - y0))
+
+    def resized(self, box, out_w, out_h, resample):
+        """uint8 HWC: crop ``box`` = (top, left, height, width) resized to ``out_h`` x ``out_w``."""
+        return _array(self.image(box, out_w, out_h, resample))

@@ -1,0 +1,266 @@
+/* Decode one rectangle of a JPEG (libjpeg-turbo's jpeg_crop_scanline / jpeg_skip_scanlines).
+ *
+ * A random-resized crop keeps a fraction of the image: the rows below it are never
+ * entropy-decoded, the rows above it are entropy-decoded but not transformed, and only the
+ * iMCU columns it touches go through the IDCT, upsampling and colour conversion. The
+ * pixels are those of a full decode (the same IDCT and upsampling), so this is a fast path
+ * of sknet/data/folder.py's PIL decode, never a different image.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <jpeglib.h>
+#include <jerror.h>
+
+#if !defined(LIBJPEG_TURBO_VERSION_NUMBER) && JPEG_LIB_VERSION < 62
+#error "needs libjpeg-turbo (jpeg_crop_scanline, jpeg_skip_scanlines)"
+#endif
+
+struct fail {
+    struct jpeg_error_mgr pub;
+    jmp_buf jump;
+    char message[JMSG_LENGTH_MAX];
+};
+
+static void on_error(j_common_ptr cinfo) {
+    struct fail *f = (struct fail *)cinfo->err;
+    (*cinfo->err->format_message)(cinfo, f->message);
+    longjmp(f->jump, 1);
+}
+
+/* Warnings stay off stderr; data that ends before the rows we need is an error (PIL raises
+ * on a truncated file too), not the grey rows libjpeg would fill in. */
+static void on_emit(j_common_ptr cinfo, int level) {
+    if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) on_error(cinfo);
+}
+
+/* header(data) -> (width, height, components) */
+static PyObject *header(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    struct jpeg_decompress_struct cinfo;
+    struct fail err;
+    PyObject *out;
+    if (!PyArg_ParseTuple(args, "y*", &buf)) return NULL;
+    cinfo.err = jpeg_std_error(&err.pub);
+    err.pub.error_exit = on_error;
+    err.pub.emit_message = on_emit;
+    if (setjmp(err.jump)) {
+        jpeg_destroy_decompress(&cinfo);
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_ValueError, err.message);
+        return NULL;
+    }
+    jpeg_create_decompress(&cinfo);
+    jpeg_mem_src(&cinfo, (const unsigned char *)buf.buf, (unsigned long)buf.len);
+    jpeg_read_header(&cinfo, TRUE);
+    out = Py_BuildValue("(iii)", (int)cinfo.image_width, (int)cinfo.image_height, cinfo.num_components);
+    jpeg_destroy_decompress(&cinfo);
+    PyBuffer_Release(&buf);
+    return out;
+}
+
+/* region(data, denom, top, left, height, width, channels) -> bytes, height * width * channels
+ *
+ * The image is scaled by 1/denom (1, 2, 4 or 8: libjpeg's DCT scaling) and the rectangle is
+ * in the scaled image's pixels; channels 3 gives RGB, 1 greyscale.
+ */
+static PyObject *region(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    int denom, top, left, height, width, channels;
+    struct jpeg_decompress_struct cinfo;
+    struct fail err;
+    PyObject *volatile out = NULL;
+    unsigned char *volatile row = NULL;
+    volatile int ok = 0;
+    if (!PyArg_ParseTuple(args, "y*iiiiii", &buf, &denom, &top, &left, &height, &width, &channels))
+        return NULL;
+    if (channels != 1 && channels != 3) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_ValueError, "channels must be 1 or 3");
+        return NULL;
+    }
+    if (height <= 0 || width <= 0 || top < 0 || left < 0) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_ValueError, "empty or negative rectangle");
+        return NULL;
+    }
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)height * width * channels);
+    if (out == NULL) { PyBuffer_Release(&buf); return NULL; }
+    cinfo.err = jpeg_std_error(&err.pub);
+    err.pub.error_exit = on_error;
+    err.pub.emit_message = on_emit;
+    err.message[0] = 0;
+    if (setjmp(err.jump)) goto done;
+    jpeg_create_decompress(&cinfo);
+    Py_BEGIN_ALLOW_THREADS
+    if (setjmp(err.jump) == 0) {
+        JDIMENSION x, w, y;
+        unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(out);
+        jpeg_mem_src(&cinfo, (const unsigned char *)buf.buf, (unsigned long)buf.len);
+        jpeg_read_header(&cinfo, TRUE);
+        cinfo.out_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
+        cinfo.scale_num = 1;
+        cinfo.scale_denom = (unsigned int)denom;
+        jpeg_start_decompress(&cinfo);
+        if ((JDIMENSION)(top + height) > cinfo.output_height || (JDIMENSION)(left + width) > cinfo.output_width) {
+            snprintf(err.message, sizeof err.message, "rectangle %d+%d x %d+%d outside the %ux%u image",
+                     top, height, left, width, cinfo.output_height, cinfo.output_width);
+        } else {
+            /* crop_scanline widens the columns to iMCU boundaries: x <= left, x + w >= left + width. */
+            x = (JDIMENSION)left;
+            w = (JDIMENSION)width;
+            jpeg_crop_scanline(&cinfo, &x, &w);
+            row = (unsigned char *)malloc((size_t)w * cinfo.output_components);
+            if (row == NULL) {
+                snprintf(err.message, sizeof err.message, "out of memory");
+            } else {
+                if (top > 0) jpeg_skip_scanlines(&cinfo, (JDIMENSION)top);
+                for (y = 0; y < (JDIMENSION)height; y++) {
+                    JSAMPROW rows[1] = {row};
+                    jpeg_read_scanlines(&cinfo, rows, 1);
+                    memcpy(dst + (size_t)y * width * channels, row + (size_t)(left - x) * channels,
+                           (size_t)width * channels);
+                }
+                ok = 1;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+done:
+    free(row);
+    jpeg_destroy_decompress(&cinfo);  /* the rows below the rectangle are never read */
+    PyBuffer_Release(&buf);
+    if (!ok) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_ValueError, err.message[0] ? err.message : "cannot decode");
+        return NULL;
+    }
+    return out;
+}
+
+/* Colour jitter and normalisation of a uint8 HWC image in one pass each, to float32 CHW.
+ *
+ * The same arithmetic as sknet/data/transforms.py's PIL path, so the same values:
+ * brightness and contrast are per-level tables rounded half to even (np.rint) of float32
+ * products, the contrast's grey mean is the mean of PIL's "L" conversion (ITU-R 601-2 in
+ * 16-bit fixed point), saturation is PIL's blend with that grey image (float, truncated;
+ * clipped when extrapolating), normalisation is ((v * float32(1/255)) - mean) / std in
+ * float32. setup.py compiles this file with -ffp-contract=off: a fused multiply-add would
+ * round differently from NumPy's separate operations.
+ */
+static inline int grey_level(const unsigned char *p) {
+    return (p[0] * 19595 + p[1] * 38470 + p[2] * 7471 + 0x8000) >> 16;
+}
+
+static inline unsigned char clip_level(float v) {
+    v = nearbyintf(v);
+    return v <= 0.0f ? 0 : v >= 255.0f ? 255 : (unsigned char)v;
+}
+
+static void apply_table(unsigned char *px, size_t n, const unsigned char *table) {
+    size_t i;
+    for (i = 0; i < n; i++) px[i] = table[px[i]];
+}
+
+/* finish(data, pixels, channels, order, factors, mean, std, bgr, out) */
+static PyObject *finish(PyObject *self, PyObject *args) {
+    Py_buffer data, order, factors, mean, std, out;
+    Py_ssize_t pixels;
+    int channels, bgr;
+    if (!PyArg_ParseTuple(args, "y*niy*y*y*y*pw*", &data, &pixels, &channels, &order, &factors, &mean, &std,
+                          &bgr, &out))
+        return NULL;
+    if ((channels != 1 && channels != 3) || data.len != pixels * channels || factors.len != 3 * (Py_ssize_t)sizeof(float) ||
+        mean.len != channels * (Py_ssize_t)sizeof(float) || std.len != channels * (Py_ssize_t)sizeof(float) ||
+        out.len != pixels * channels * (Py_ssize_t)sizeof(float) || order.len > 3) {
+        PyBuffer_Release(&data); PyBuffer_Release(&order); PyBuffer_Release(&factors);
+        PyBuffer_Release(&mean); PyBuffer_Release(&std); PyBuffer_Release(&out);
+        PyErr_SetString(PyExc_ValueError, "finish: buffer sizes do not match pixels x channels");
+        return NULL;
+    }
+    unsigned char *px = (unsigned char *)malloc((size_t)data.len);
+    if (px == NULL) {
+        PyBuffer_Release(&data); PyBuffer_Release(&order); PyBuffer_Release(&factors);
+        PyBuffer_Release(&mean); PyBuffer_Release(&std); PyBuffer_Release(&out);
+        return PyErr_NoMemory();
+    }
+    memcpy(px, data.buf, (size_t)data.len);
+    Py_BEGIN_ALLOW_THREADS
+    const float *f = (const float *)factors.buf;
+    const unsigned char *ops = (const unsigned char *)order.buf;
+    size_t n = (size_t)pixels, i;
+    unsigned char table[256];
+    Py_ssize_t k;
+    int v, c;
+    for (k = 0; k < order.len; k++) {
+        float fk = f[ops[k]];
+        if (ops[k] == 0) {                                  /* brightness */
+            for (v = 0; v < 256; v++) table[v] = clip_level((float)v * fk);
+            apply_table(px, n * channels, table);
+        } else if (ops[k] == 1) {                           /* contrast */
+            unsigned long long sum = 0;
+            if (channels == 3) for (i = 0; i < n; i++) sum += (unsigned long long)grey_level(px + 3 * i);
+            else for (i = 0; i < n; i++) sum += px[i];
+            float m = (float)((double)sum / (double)n);
+            float w = 1.0f - fk;
+            for (v = 0; v < 256; v++) {
+                float a = (float)v * fk;
+                float b = w * m;
+                table[v] = clip_level(a + b);
+            }
+            apply_table(px, n * channels, table);
+        } else if (channels == 3 && fk != 1.0f) {          /* saturation: PIL's blend(grey, image, f) */
+            int inside = fk >= 0.0f && fk <= 1.0f;
+            for (i = 0; i < n; i++) {
+                unsigned char *p = px + 3 * i;
+                int g = grey_level(p);
+                if (fk == 0.0f) { p[0] = p[1] = p[2] = (unsigned char)g; continue; }
+                for (c = 0; c < 3; c++) {
+                    float t = (float)g + fk * (float)((int)p[c] - g);
+                    if (inside) p[c] = (unsigned char)t;
+                    else p[c] = t <= 0.0f ? 0 : t >= 255.0f ? 255 : (unsigned char)t;
+                }
+            }
+        }
+    }
+    {
+        const float *mu = (const float *)mean.buf, *sd = (const float *)std.buf;
+        float *o = (float *)out.buf;
+        const float scale = (float)(1.0 / 255.0);
+        float levels[3][256];
+        for (c = 0; c < channels; c++)
+            for (v = 0; v < 256; v++) {
+                float x = (float)v * scale;
+                x = x - mu[c];
+                levels[c][v] = x / sd[c];
+            }
+        for (c = 0; c < channels; c++) {
+            int src = bgr && channels == 3 ? channels - 1 - c : c;
+            const float *t = levels[c];
+            float *oc = o + (size_t)c * n;
+            const unsigned char *q = px + src;
+            for (i = 0; i < n; i++) oc[i] = t[q[i * channels]];
+        }
+    }
+    Py_END_ALLOW_THREADS
+    free(px);
+    PyBuffer_Release(&data); PyBuffer_Release(&order); PyBuffer_Release(&factors);
+    PyBuffer_Release(&mean); PyBuffer_Release(&std); PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"header", header, METH_VARARGS, "(width, height, components) of a JPEG's header."},
+    {"region", region, METH_VARARGS, "region(data, denom, top, left, height, width, channels) -> bytes"},
+    {"finish", finish, METH_VARARGS,
+     "finish(data, pixels, channels, order, factors, mean, std, bgr, out): jitter + normalise into out"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jpeg", "libjpeg-turbo region decoding; colour jitter and normalisation in one pass", -1, methods};
+
+PyMODINIT_FUNC PyInit__jpeg(void) { return PyModule_Create(&module); }
