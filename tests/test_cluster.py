@@ -1,6 +1,6 @@
-"""Cluster launches on localhost: 2 nodes x 1 worker equal 1 node x 2 workers bit for bit, a late node
-joins, a missing node is a bounded one-line error, an elastic restart resumes to the same bits, and a
-busy port is refused in one line."""
+"""Cluster launches on localhost, under torchrun and msrun: 2 nodes x 1 worker equal 1 node x 2 workers bit
+for bit, a late node joins, a missing node and nodes with different worker counts are bounded one-line
+errors, an elastic restart resumes to the same bits, and a busy port is refused in one line."""
 import os
 import socket
 import subprocess
@@ -15,6 +15,7 @@ from test_train import FASHION, env, tiny_recipe
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST (dataset-fashion-mnist) not installed")]
 ARGS = ("--subset", "256", "--val-subset", "100")   # 4 steps of 2 x 32, a checkpoint after every step
+MS_ARGS = ("--subset", "128", "--val-subset", "100")  # 2 steps: MindSpore's are the slow ones
 TIMEOUT = 300    # generous for a loaded 2-core machine, but bounded
 
 
@@ -27,6 +28,30 @@ def node(rank, port, recipe, out, *extra):
            f"--node-rank={rank}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", *extra,
            *train_args(recipe, out)]
     return subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def ms_node(rank, port, recipe, out, *, worker_num=2, local=1, timeout=60):
+    """One msrun "node" on localhost, as a cluster starts it (its logs in OUT/logs<rank>)."""
+    cmd = [sys.executable, "-m", "sknet.launch", "msrun", f"--worker_num={worker_num}", f"--local_worker_num={local}",
+           f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}", "--join=True",
+           f"--cluster_time_out={timeout}", f"--log_dir={out}/logs{rank}", "python", "-m", "sknet.train",
+           "--config", recipe, "--backend", "mindspore", "--out", str(out), "--quiet", *MS_ARGS]
+    # msrun starts the `python` found on PATH: the venv's.
+    e = dict(env(), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    return subprocess.Popen(cmd, env=e, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(*procs):
+    """(returncode, stderr) of each process, waited for together (a pipe left unread could block its writer)."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(len(procs)) as pool:
+        outs = list(pool.map(lambda p: p.communicate(timeout=TIMEOUT), procs))
+    return [(p.returncode, err) for p, (_, err) in zip(procs, outs)]
+
+
+def launch_errors(err):
+    return [line for line in err.splitlines() if line.startswith("sknet.launch: error:")]
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +72,8 @@ def test_two_nodes_equal_one_node_and_a_late_node_joins(reference, tmp_path):
     first = node(0, port, recipe, tmp_path / "run")
     time.sleep(3)    # node 1 comes up late: node 0 waits in the rendezvous
     second = node(1, port, recipe, tmp_path / "run")
-    for p in (first, second):
-        _, err = p.communicate(timeout=TIMEOUT)
-        assert p.returncode == 0, err[-3000:]
+    for code, err in finish(first, second):
+        assert code == 0, err[-3000:]
     assert [d["sha256"] for d in digests(tmp_path / "run")] == [want, want]
 
 
@@ -95,3 +119,85 @@ def test_busy_port_is_one_line_error():
                 f"sknet.launch: error: port {port} is in use on this machine (another job?): choose another with "
                 f"{option}, or leave it out on a single node for a free one"], res.stderr[-2000:]
 
+
+
+def test_nodes_with_different_worker_counts_stop_in_one_line(reference, tmp_path):
+    """torchrun forms one group of 3 from a node of 1 and a node of 2 (the global batch would silently
+    change): every worker refuses it, and each node's launcher ends with one line naming its failed ranks."""
+    recipe, _ = reference
+    port = free_port()
+    t0 = time.monotonic()
+    first = node(0, port, recipe, tmp_path / "run")
+    second = node(1, port, recipe, tmp_path / "run", "--nproc_per_node=2")
+    done = finish(first, second)
+    assert time.monotonic() - t0 < 120
+    for (code, err), ranks in zip(done, (1, 2)):
+        assert code == 1, err[-3000:]
+        refusals = [line for line in err.splitlines() if "the nodes run different numbers of workers" in line]
+        assert refusals and all(f"this one {ranks}, 3 in all" in line for line in refusals), err[-3000:]
+        lines = launch_errors(err)
+        assert len(lines) == 1 and lines[0].startswith("sknet.launch: error: torchrun: workers of this node "
+                                                        "failed: rank "), err[-3000:]
+        assert "exit code 1" in lines[0] and "Traceback" not in err
+
+
+needs_msrun = pytest.mark.skipif(not (BIN / "msrun").exists(), reason="msrun (MindSpore) not installed")
+
+
+@needs_msrun
+def test_msrun_two_nodes_equal_one_node(tmp_path):
+    """Under msrun too, 2 nodes x 1 worker (node 1 started 3 s late) end with 1 node x 2's bits,
+    and node 1, sharing node 0's address, starts no second scheduler (it would fail that node)."""
+    recipe = tiny_recipe(tmp_path)
+    one = ms_node(0, free_port(), recipe, tmp_path / "one", local=2)
+    (code, err), = finish(one)
+    assert code == 0, err[-3000:]
+    want = digests(tmp_path / "one")[0]
+    assert want["step"] == 2
+    port = free_port()
+    first = ms_node(0, port, recipe, tmp_path / "two")
+    time.sleep(3)
+    second = ms_node(1, port, recipe, tmp_path / "two")
+    for code, err in finish(first, second):
+        assert code == 0, err[-3000:]
+    assert [d["sha256"] for d in digests(tmp_path / "two")] == [want["sha256"]] * 2
+    assert not (tmp_path / "two" / "logs1" / "scheduler.log").exists()
+
+
+@needs_msrun
+def test_msrun_missing_node_is_a_bounded_one_line_error(tmp_path):
+    recipe = tiny_recipe(tmp_path)
+    t0 = time.monotonic()
+    (code, err), = finish(ms_node(0, free_port(), recipe, tmp_path / "run", timeout=10))
+    assert code == 1
+    lines = launch_errors(err)
+    assert len(lines) == 1, err[-3000:]
+    assert lines[0].startswith("sknet.launch: error: msrun node 0 (ranks 0-0 of --worker_num=2): rank 0: the "
+                               "cluster of 2 workers at 127.0.0.1:") and "did not form within 10 s" in lines[0]
+    assert time.monotonic() - t0 < 120
+
+
+@needs_msrun
+def test_msrun_worker_num_not_the_nodes_sum_is_a_bounded_one_line_error(tmp_path):
+    """--worker_num=3 over two nodes of 1: no node can tell alone, the cluster never forms, and both stop
+    after --cluster_time_out in one line each. A layout one node can tell is wrong is refused at once."""
+    recipe = tiny_recipe(tmp_path)
+    port = free_port()
+    t0 = time.monotonic()
+    done = finish(*(ms_node(r, port, recipe, tmp_path / "run", worker_num=3, timeout=10) for r in (0, 1)))
+    assert time.monotonic() - t0 < 150
+    for rank, (code, err) in enumerate(done):
+        lines = launch_errors(err)
+        assert code == 1 and len(lines) == 1, err[-3000:]
+        assert lines[0].startswith(f"sknet.launch: error: msrun node {rank} (ranks {rank}-{rank} of --worker_num=3): "
+                                   f"rank {rank}: the cluster of 3 workers at 127.0.0.1:{port} did not form within "
+                                   f"10 s (msrun --cluster_time_out): "), lines[0]
+    for worker_num, local, rank, why in ((2, 2, 1, "a job whose workers all run on one node has only node 0"),
+                                         (3, 2, 0, "the job's workers cannot be split evenly into nodes of this size"),
+                                         (4, 2, 2, "2 nodes of 2 make the job, numbered from 0")):
+        p = ms_node(rank, port, recipe, tmp_path / "bad", worker_num=worker_num, local=local)
+        (code, err), = finish(p)
+        assert code == 2 and err.strip().splitlines() == [
+            f"sknet.launch: error: msrun: --worker_num={worker_num} --local_worker_num={local} --node_rank={rank}: "
+            f"{why}; every node runs the same --local_worker_num and --worker_num is their sum"], err[-2000:]
+        assert not (tmp_path / "bad").exists()

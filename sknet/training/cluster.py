@@ -30,8 +30,8 @@ def join_failure(err):
     e = os.environ
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     first = first.split(". You can run command")[0]    # MindSpore's hint names a grep, not the cause
-    who = ("msrun's scheduler" if e.get("MS_ROLE") == "MS_SCHED"
-           else f"rank {e.get('RANK_ID', '?')} (node {e.get('MS_NODE_ID', '?')})")
+    # MS_NODE_ID is the worker's rank too (msrun numbers node_rank x local_worker_num + i), not its node.
+    who = "msrun's scheduler" if e.get("MS_ROLE") == "MS_SCHED" else f"rank {e.get('RANK_ID', '?')}"
     return RunFailed(
         f"{who}: the cluster of "
         f"{e.get('MS_WORKER_NUM', '?')} workers at {e.get('MS_SCHED_HOST', '?')}:{e.get('MS_SCHED_PORT', '?')} did not "
