@@ -121,10 +121,10 @@ def test_busy_port_is_one_line_error():
 
 
 
-def test_nodes_with_different_worker_counts_stop_in_one_line(reference, tmp_path):
+def test_nodes_with_different_worker_counts_stop_in_one_line(tmp_path):
     """torchrun forms one group of 3 from a node of 1 and a node of 2 (the global batch would silently
     change): every worker refuses it, and each node's launcher ends with one line naming its failed ranks."""
-    recipe, _ = reference
+    recipe = tiny_recipe(tmp_path)
     port = free_port()
     t0 = time.monotonic()
     first = node(0, port, recipe, tmp_path / "run")
