@@ -72,13 +72,39 @@ def given(argv, name):
     return any(a == name or a.startswith(name + "=") for a in argv)
 
 
+def with_option(argv, lead, names, value):
+    """``argv`` with the launcher option ``names`` (its spellings) set to ``value``: rewritten where the
+    first ``lead`` arguments give it, else put first."""
+    out = list(argv)
+    for i, a in enumerate(out[:lead]):
+        if a in names:
+            out[i + 1] = value
+            return out
+        if a.split("=", 1)[0] in names:
+            out[i] = f"{a.split('=', 1)[0]}={value}"
+            return out
+    return [f"{names[0]}={value}", *out]
+
+
+def conf_of(args):
+    return dict(kv.split("=", 1) for kv in args.rdzv_conf.split(",") if "=" in kv)
+
+
 def torchrun(argv):
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.elastic.rendezvous.api import RendezvousTimeoutError
+    from torch.distributed.elastic.rendezvous.api import RendezvousConnectionError, RendezvousTimeoutError
     from torch.distributed.run import main, parse_args
 
     args = parse_args(argv)
     lead = argv[:len(argv) - len(args.training_script_args) - 1]
+    node_given = given(lead, "--node-rank") or given(lead, "--node_rank")
+    if args.rdzv_backend == "c10d" and node_given and args.node_rank > 0 and "is_host" not in conf_of(args):
+        # c10d lets whichever node first binds the endpoint on its host serve the store. On node 0's
+        # machine a node > 0 could win that race: node 0 then found its port taken and stopped, and
+        # the other waited out join_timeout (600 s). Node 0 hosts, as msrun's node 0 hosts its scheduler.
+        conf = ",".join(filter(None, [args.rdzv_conf, "is_host=false"]))
+        argv = with_option(argv, len(lead), ("--rdzv-conf", "--rdzv_conf"), conf)
+        args = parse_args(argv)
     max_nodes = int(str(args.nnodes).split(":")[-1])
     if not args.standalone:
         endpoint = args.rdzv_endpoint if args.rdzv_backend != "static" else None
@@ -98,8 +124,13 @@ def torchrun(argv):
         main(argv)
     except ChildFailedError as err:
         raise RunFailed(child_failure(err)) from None
+    except RendezvousConnectionError:
+        timeout = conf_of(args).get("read_timeout", "60")
+        raise RunFailed(f"no rendezvous store at {args.rdzv_endpoint} within {timeout} s (--rdzv-conf=read_timeout=S): "
+                        f"node 0 hosts it, and this node (--node-rank={args.node_rank}) could not reach it; start "
+                        f"node 0 with the same --rdzv-endpoint") from None
     except RendezvousTimeoutError:
-        timeout = dict(kv.split("=", 1) for kv in args.rdzv_conf.split(",") if "=" in kv).get("join_timeout", "600")
+        timeout = conf_of(args).get("join_timeout", "600")
         raise RunFailed(f"rendezvous at {args.rdzv_endpoint} timed out after {timeout} s (--rdzv-conf=join_timeout=S) "
                         f"waiting for --nnodes={args.nnodes}: not every node other than this one (--node-rank="
                         f"{args.node_rank}) joined; start each with the same --rdzv-endpoint, --rdzv-id and "

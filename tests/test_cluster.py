@@ -88,6 +88,15 @@ def test_missing_node_is_a_bounded_one_line_error(reference, tmp_path):
     assert len(lines) == 1 and "timed out after 5 s" in lines[0] and "--nnodes=2" in lines[0], err[-2000:]
     assert "--node-rank=0" in lines[0] and "Traceback" not in err
     assert time.monotonic() - t0 < 120
+    # Node 0 missing, seen from node 1: node 0 hosts the store, node 1 gives up after read_timeout.
+    t0 = time.monotonic()
+    p = node(1, port, recipe, tmp_path / "run", "--rdzv-conf=read_timeout=5")
+    _, err = p.communicate(timeout=TIMEOUT)
+    assert p.returncode == 1
+    assert launch_errors(err) == [f"sknet.launch: error: no rendezvous store at 127.0.0.1:{port} within 5 s "
+                                  f"(--rdzv-conf=read_timeout=S): node 0 hosts it, and this node (--node-rank=1) "
+                                  f"could not reach it; start node 0 with the same --rdzv-endpoint"], err[-2000:]
+    assert time.monotonic() - t0 < 120
 
 
 def test_elastic_restart_resumes_to_the_same_bits(reference, tmp_path):
@@ -123,7 +132,9 @@ def test_busy_port_is_one_line_error():
 
 def test_nodes_with_different_worker_counts_stop_in_one_line(tmp_path):
     """torchrun forms one group of 3 from a node of 1 and a node of 2 (the global batch would silently
-    change): every worker refuses it, and each node's launcher ends with one line naming its failed ranks."""
+    change): every worker refuses it, and each node's launcher ends with one line naming its failed ranks.
+    Both nodes start at once: node 1 used to win c10d's race to host the store on this shared machine,
+    node 0 then stopped on a "busy" port and node 1 waited out join_timeout (the hang of 8ca0cea)."""
     recipe = tiny_recipe(tmp_path)
     port = free_port()
     t0 = time.monotonic()
