@@ -25,6 +25,7 @@ out or a failed worker; the launcher's own status otherwise.
 """
 import errno
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -169,19 +170,26 @@ def check_msrun_layout(args):
 def msrun_failure(manager, args, err):
     """One line for a failed msrun node: this node's ranks and its first worker's own error (msrun's
     RuntimeError only says to read the logs)."""
-    logs = [Path(manager._get_node_id_and_log_path(i)[1]) for i in range(args.local_worker_num)]
-    if manager.is_master:
-        logs.append(Path(args.log_dir or ".") / "scheduler.log")
-    found = []
-    for path in logs:
+    def errors(path):
         try:
             text = path.read_text(errors="replace")
         except OSError:
-            continue
+            return []
         prefix = "sknet.train: error: "
-        found += [line[len(prefix):] for line in text.splitlines() if line.startswith(prefix)]
+        return [line[len(prefix):] for line in text.splitlines() if line.startswith(prefix)]
+    found = [m for i in range(args.local_worker_num) for m in errors(Path(manager._get_node_id_and_log_path(i)[1]))]
     # A worker stopped by msrun because a sibling failed says so; the sibling's reason comes first.
-    first = ([m for m in found if "stopped by SIGTERM" not in m] or found or [str(err).strip().splitlines()[0]])[0]
+    first = ([m for m in found if "stopped by SIGTERM" not in m] or found or [None])[0]
+    if first is None:
+        # No worker said why: one died silently (a kill, a crash) and msrun SIGKILLed the rest; the
+        # scheduler (node 0) may have seen which rank went quiet.
+        def how(code):
+            return "running" if code is None else f"signal {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+        codes = ", ".join(how(p.returncode) for p in manager.cgn_processes)
+        seen = errors(Path(args.log_dir or ".") / "scheduler.log") if manager.is_master else []
+        first = (f"{str(err).strip().splitlines()[0]} (workers: {codes}; msrun kills the others once one fails"
+                 f"{'; ' + seen[0] if seen else ''}; an sknet.train run resumes from its last checkpoint with "
+                 f"--resume auto)")
     local = args.local_worker_num
     start = 0 if local == args.worker_num else max(args.node_rank, 0) * local
     return (f"msrun node {max(args.node_rank, 0)} (ranks {start}-{start + local - 1} of --worker_num="

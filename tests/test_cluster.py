@@ -30,14 +30,14 @@ def node(rank, port, recipe, out, *extra):
     return subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def ms_node(rank, port, recipe, out, *, worker_num=2, local=1, timeout=60):
+def ms_node(rank, port, recipe, out, *extra, worker_num=2, local=1, timeout=60, extra_env=None):
     """One msrun "node" on localhost, as a cluster starts it (its logs in OUT/logs<rank>)."""
     cmd = [sys.executable, "-m", "sknet.launch", "msrun", f"--worker_num={worker_num}", f"--local_worker_num={local}",
            f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}", "--join=True",
            f"--cluster_time_out={timeout}", f"--log_dir={out}/logs{rank}", "python", "-m", "sknet.train",
-           "--config", recipe, "--backend", "mindspore", "--out", str(out), "--quiet", *MS_ARGS]
+           "--config", recipe, "--backend", "mindspore", "--out", str(out), "--quiet", *MS_ARGS, *extra]
     # msrun starts the `python` found on PATH: the venv's.
-    e = dict(env(), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    e = dict(env(), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(extra_env or {}))
     return subprocess.Popen(cmd, env=e, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -155,24 +155,54 @@ def test_nodes_with_different_worker_counts_stop_in_one_line(tmp_path):
 needs_msrun = pytest.mark.skipif(not (BIN / "msrun").exists(), reason="msrun (MindSpore) not installed")
 
 
+@pytest.fixture(scope="module")
+def ms_reference(tmp_path_factory):
+    """msrun, 1 node x 2 workers, uninterrupted: the digest the other msrun launches must reproduce."""
+    pytest.importorskip("mindspore")
+    folder = tmp_path_factory.mktemp("ms_ref")
+    recipe = tiny_recipe(folder)
+    (code, err), = finish(ms_node(0, free_port(), recipe, folder / "run", local=2))
+    assert code == 0, err[-3000:]
+    d0, d1 = digests(folder / "run")
+    assert d0["sha256"] == d1["sha256"] and d0["step"] == 2
+    return recipe, d0["sha256"]
+
+
 @needs_msrun
-def test_msrun_two_nodes_equal_one_node(tmp_path):
+def test_msrun_two_nodes_equal_one_node(ms_reference, tmp_path):
     """Under msrun too, 2 nodes x 1 worker (node 1 started 3 s late) end with 1 node x 2's bits,
     and node 1, sharing node 0's address, starts no second scheduler (it would fail that node)."""
-    recipe = tiny_recipe(tmp_path)
-    one = ms_node(0, free_port(), recipe, tmp_path / "one", local=2)
-    (code, err), = finish(one)
-    assert code == 0, err[-3000:]
-    want = digests(tmp_path / "one")[0]
-    assert want["step"] == 2
+    recipe, want = ms_reference
     port = free_port()
     first = ms_node(0, port, recipe, tmp_path / "two")
     time.sleep(3)
     second = ms_node(1, port, recipe, tmp_path / "two")
     for code, err in finish(first, second):
         assert code == 0, err[-3000:]
-    assert [d["sha256"] for d in digests(tmp_path / "two")] == [want["sha256"]] * 2
+    assert [d["sha256"] for d in digests(tmp_path / "two")] == [want] * 2
     assert not (tmp_path / "two" / "logs1" / "scheduler.log").exists()
+
+
+@needs_msrun
+def test_msrun_dead_worker_fails_the_job_and_a_relaunch_resumes_to_the_same_bits(ms_reference, tmp_path):
+    """MindSpore 2.10 has no recovery on the CPU (docs/training.md): rank 1 SIGKILLed after step 1 of 2
+    fails the job in one line, step 1's checkpoint stays, and the same command with --resume auto
+    ends with the uninterrupted run's bits."""
+    recipe, want = ms_reference
+    out = tmp_path / "run"
+    (code, err), = finish(ms_node(0, free_port(), recipe, out, local=2, extra_env={"SKNET_FAULT_KILL": "1:1"}))
+    lines = launch_errors(err)
+    assert code == 1 and len(lines) == 1, err[-3000:]
+    assert lines[0].startswith("sknet.launch: error: msrun node 0 (ranks 0-1 of --worker_num=2): ")
+    assert "signal SIGKILL" in lines[0] and "--resume auto" in lines[0]
+    import mindspore as ms
+
+    assert int(ms.load_checkpoint(str(out / "last.ckpt"))["step"].asnumpy().reshape(-1)[0]) == 1
+    assert not (out / "digests").exists()
+    (code, err), = finish(ms_node(0, free_port(), recipe, out, "--resume", "auto", local=2))
+    assert code == 0, err[-3000:]
+    assert "at step 1" in (out / "logs0" / "worker_0.log").read_text()
+    assert [d["sha256"] for d in digests(out)] == [want] * 2
 
 
 @needs_msrun
