@@ -180,18 +180,20 @@ def msrun_failure(manager, args, err):
     found = [m for i in range(args.local_worker_num) for m in errors(Path(manager._get_node_id_and_log_path(i)[1]))]
     # A worker stopped by msrun because a sibling failed says so; the sibling's reason comes first.
     first = ([m for m in found if "stopped by SIGTERM" not in m] or found or [None])[0]
-    if first is None:
-        # No worker said why: one died silently (a kill, a crash) and msrun SIGKILLed the rest; the
-        # scheduler (node 0) may have seen which rank went quiet.
-        def how(code):
-            return "running" if code is None else f"signal {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
-        codes = ", ".join(how(p.returncode) for p in manager.cgn_processes)
-        seen = errors(Path(args.log_dir or ".") / "scheduler.log") if manager.is_master else []
-        first = (f"{str(err).strip().splitlines()[0]} (workers: {codes}; msrun kills the others once one fails"
-                 f"{'; ' + seen[0] if seen else ''}; an sknet.train run resumes from its last checkpoint with "
-                 f"--resume auto)")
     local = args.local_worker_num
     start = 0 if local == args.worker_num else max(args.node_rank, 0) * local
+    if first is None:
+        # No worker said why: one died silently (a kill, a crash). returncode is what msrun's own last
+        # poll saw: None for a worker still running then, which msrun then SIGKILLed with the rest.
+        def how(code):
+            return ("stopped by msrun" if code is None else f"signal {signal.Signals(-code).name}" if code < 0
+                    else f"exit {code}")
+        codes = [p.returncode for p in manager.cgn_processes]
+        ends = ", ".join(f"rank {start + i} {how(code)}" for i, code in enumerate(codes))
+        # Only when every worker went through is the scheduler's own error the reason.
+        seen = errors(Path(args.log_dir or ".") / "scheduler.log") if manager.is_master and not any(codes) else []
+        first = (f"{str(err).strip().splitlines()[0]} (workers: {ends}{'; ' + seen[0] if seen else ''}; an "
+                 f"sknet.train run resumes from its last checkpoint with --resume auto)")
     return (f"msrun node {max(args.node_rank, 0)} (ranks {start}-{start + local - 1} of --worker_num="
             f"{args.worker_num}): {first} (logs in {args.log_dir or '.'})")
 
