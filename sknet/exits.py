@@ -33,7 +33,9 @@ def error_line(prog, err):
 
 
 def rank_label():
-    """'rank N: ' under torchrun (RANK) or msrun (RANK_ID), else ''."""
+    """'rank N: ' under torchrun (RANK) or msrun (RANK_ID), else '' (msrun's scheduler has RANK_ID 0 too)."""
+    if os.environ.get("MS_ROLE") == "MS_SCHED":
+        return ""
     for key in ("RANK", "RANK_ID"):
         if key in os.environ:
             return f"rank {os.environ[key]}: "

@@ -159,12 +159,17 @@ def run_cli(capsys, *argv):
 
 
 def test_cli_json_passes_on_a_small_model(capsys, torch, pynative):
-    code, out, _ = run_cli(capsys, "sknet_small", "--json", "--checks", "eval,train,grad,onnx",
+    # fp16: the forward half of the AMP policy that runs on this CPU (fp16 weights and activations on
+    # both backends, within parity's 1e-2; training under AMP needs CUDA or Ascend).
+    code, out, _ = run_cli(capsys, "sknet_small", "--json", "--checks", "eval,train,grad,fp16,onnx",
                            "--batch", "8", "--size", "16")
     report = json.loads(out)
     assert code == 0 and report["passed"] and report["failed"] == []
     names = [c["name"] for c in report["checks"]]
-    assert names == ["eval", "train", "train.bn_stats", "grad", "grad.unpinned", "onnx"]
+    assert names == ["eval", "train", "train.bn_stats", "grad", "grad.unpinned", "fp16", "onnx"]
+    fp16 = report["checks"][names.index("fp16")]
+    # Each side's fp16 is ~1e-3 from fp32 (docs/parity.md): a side left in fp32 would show 0 here.
+    assert fp16["details"]["torch_fp16_vs_fp32"] > 1e-5 and fp16["details"]["mindspore_fp16_vs_torch_fp32"] > 1e-5
     for c in report["checks"]:
         assert set(c) >= {"name", "max_abs", "max_rel", "tol", "passed"}
         if c["name"] != "grad.unpinned":

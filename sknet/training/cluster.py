@@ -30,14 +30,17 @@ def join_failure(err):
     e = os.environ
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     first = first.split(". You can run command")[0]    # MindSpore's hint names a grep, not the cause
-    who = ("msrun's scheduler" if e.get("MS_ROLE") == "MS_SCHED"
-           else f"rank {e.get('RANK_ID', '?')} (node {e.get('MS_NODE_ID', '?')})")
+    cluster = f"the cluster of {e.get('MS_WORKER_NUM', '?')} workers at {e.get('MS_SCHED_HOST', '?')}:" \
+              f"{e.get('MS_SCHED_PORT', '?')}"
+    if e.get("MS_ROLE") == "MS_SCHED":
+        # The scheduler's init() lasts the whole job: it also raises when a worker goes quiet later.
+        return RunFailed(f"msrun's scheduler: {cluster} failed (msrun --cluster_time_out "
+                         f"{e.get('MS_TOPO_TIMEOUT', '?')} s): {first}")
+    # MS_NODE_ID is the worker's rank too (msrun numbers node_rank x local_worker_num + i), not its node.
     return RunFailed(
-        f"{who}: the cluster of "
-        f"{e.get('MS_WORKER_NUM', '?')} workers at {e.get('MS_SCHED_HOST', '?')}:{e.get('MS_SCHED_PORT', '?')} did not "
-        f"form within {e.get('MS_TOPO_TIMEOUT', '?')} s (msrun --cluster_time_out): {first}; every node must be "
-        f"started, with the same --worker_num, --master_addr and --master_port, and --worker_num must equal the "
-        f"sum of the nodes' --local_worker_num")
+        f"rank {e.get('RANK_ID', '?')}: {cluster} did not form within {e.get('MS_TOPO_TIMEOUT', '?')} s (msrun "
+        f"--cluster_time_out): {first}; every node must be started, with the same --worker_num, --master_addr and "
+        f"--master_port, and --worker_num must equal the sum of the nodes' --local_worker_num")
 
 
 def check_workers_per_node(world):
