@@ -1,5 +1,6 @@
 """Framework-free timing helpers: per-iteration timer, resident-memory sampler, result rows."""
 import os
+import platform
 import statistics
 import threading
 import time
@@ -110,3 +111,15 @@ def timed(step, iters, sync=None):
             sync()
         out.append(time.perf_counter() - t0)
     return out
+
+
+def cpu_model():
+    """The processor's name, for the header of a result."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

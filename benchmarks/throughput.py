@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("GLOG_v", "3")
 
 import measure  # noqa: E402
+from measure import cpu_model  # noqa: E402
 
 from sknet import get_spec  # noqa: E402
 from sknet.tree import count_macs  # noqa: E402
@@ -67,17 +68,6 @@ def versions():
         except Exception:  # absent, or broken beside another pin: just not reported
             pass
     return out
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def bench(impls, tasks, args, fresh_peak):

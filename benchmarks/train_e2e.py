@@ -43,6 +43,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from measure import cpu_model  # noqa: E402
+
 IMPLS = ("sknet-torch", "timm", "sknet-mindspore", "mindcv")
 # Which of ours each peer is compared with: the same framework.
 PEER_OF = {"timm": "sknet-torch", "mindcv": "sknet-mindspore"}
@@ -318,17 +320,6 @@ def versions():
             except Exception:
                 pass
     return out
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run_setting(args, setting):
