@@ -8,6 +8,7 @@ pass or mean anything there. At 8 the same measure is 8e-6 (docs/parity.md).
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -235,3 +236,63 @@ def test_torch_fast_inference_path_agrees_too(torch, pynative):
     """What users run for inference (BN folded, fused oneDNN calls, NHWC) against MindSpore."""
     setup = make_setup(get_spec("skresnet18"), batch=BATCH, size=SIZE, torch_fast=True)
     assert_all_pass(run_checks(setup, ["eval"]))
+
+
+def test_float64_reference_convs_compute_pytorchs_conv(torch):
+    """The float64 pass's grouped and dilated convs (unfold + matmul) against F.conv2d, values and gradients."""
+    import torch.nn.functional as F
+
+    from sknet.backends.torch.probe import Float64Conv2d
+
+    gen = torch.Generator().manual_seed(0)
+    for stride, dilation, groups in [(1, 1, 4), (1, 2, 4), (2, 2, 4), (2, 1, 2), (1, 2, 1)]:
+        conv = torch.nn.Conv2d(8, 8, 3, stride, dilation, dilation, groups, bias=False).double()
+        x = torch.randn(3, 8, 11, 9, dtype=torch.float64, generator=gen, requires_grad=True)
+        assert Float64Conv2d.applies(conv)
+        ref = F.conv2d(x, conv.weight, None, stride, dilation, dilation, groups)
+        ref_grads = torch.autograd.grad((ref * ref.detach().cos()).sum(), (x, conv.weight))
+        conv.__class__ = Float64Conv2d
+        out = conv(x)
+        grads = torch.autograd.grad((out * out.detach().cos()).sum(), (x, conv.weight))
+        assert out.shape == ref.shape
+        for a, b in [(ref, out), *zip(ref_grads, grads)]:
+            assert float((a - b).abs().max() / a.abs().max()) < 1e-13
+    assert not Float64Conv2d.applies(torch.nn.Conv2d(8, 8, 1))
+
+
+def test_recorded_signs_are_one_bit_each():
+    from sknet.parity.pinning import Signs
+
+    x = np.random.default_rng(0).standard_normal((3, 5, 7))
+    signs = Signs(x)
+    assert signs.bits.nbytes == -(-x.size // 8) and signs.size == x.size
+    np.testing.assert_array_equal(signs.unpack(np.float32), (x > 0).astype(np.float32))
+
+
+def test_every_check_fails_on_a_broken_mindspore_side(torch, pynative, monkeypatch):
+    """Each default check must be able to fail: MindSpore's weights 1 % off in one tensor, then its
+    optimizer taking a 1 % larger learning rate, then its ReLUs replaying another call's signs."""
+    spec = get_spec("sknet_small")
+    setup = make_setup(spec, batch=8, size=16, steps=3)
+    name = "layer2.0.conv1.paths.1.conv.weight"
+    bad = replace(setup, ms_state={**setup.state, name: setup.state[name] * np.float32(1.01)})
+    rows = by_name(run_checks(bad, ["eval", "train", "grad", "steps"]))
+    assert [n for n, r in rows.items() if r.passed is not False] == ["grad.unpinned"]
+
+    from sknet.backends.mindspore import probe as mp
+
+    sgd = mp.sgd
+    monkeypatch.setattr(mp, "sgd", lambda net, batches, lrs, *rest: sgd(net, batches, lrs * 1.01, *rest))
+    steps = by_name(run_checks(setup, ["steps"]))
+    assert steps["steps.weights"].passed is False
+    monkeypatch.undo()
+
+    from sknet.parity.pinning import Signs
+
+    def identity_stem_relu(net, choices):  # every input of the stem's ReLU taken as positive
+        return pin(net, {**choices, "act1": [Signs(np.ones(s.shape)) for s in choices["act1"]]})
+
+    pin = mp.pin
+    monkeypatch.setattr(mp, "pin", identity_stem_relu)
+    rows = by_name(run_checks(setup, ["grad", "steps"]))
+    assert rows["grad"].passed is False and rows["steps.weights"].passed is False
