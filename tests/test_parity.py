@@ -310,3 +310,30 @@ def test_every_check_fails_on_a_broken_mindspore_side(torch, pynative, monkeypat
     monkeypatch.setattr(mp, "pin", identity_stem_relu)
     rows = by_name(run_checks(setup, ["grad", "steps"]))
     assert rows["grad"].passed is False and rows["steps.weights"].passed is False
+
+
+def test_recomputed_float64_pass_gives_the_same_gradients_and_choices(torch):
+    """The grad check's float64 pass keeps one block's activations at a time (``probe.recomputed``):
+    its gradients and recorded ReLU signs must be those of the plain pass."""
+    from sknet.backends.torch import probe
+
+    spec = get_spec("sknet_small")
+    setup = make_setup(spec, batch=4, size=16)
+    x, y = inputs(spec, 4, 16, 0)
+    runs = []
+    for low_memory in (False, True):
+        model = probe.build(spec, setup.state, "float64")
+        with probe.record_choices(model) as choices:
+            if low_memory:
+                with probe.recomputed(model):
+                    runs.append((probe.grads(model, x, y)[1], choices))
+            else:
+                runs.append((probe.grads(model, x, y)[1], choices))
+        assert "forward" not in vars(model.layer1[0])  # the blocks are themselves again
+    (plain, plain_choices), (low, low_choices) = runs
+    assert sorted(plain) == sorted(low) and all(np.array_equal(plain[k], low[k]) for k in plain)
+    assert sorted(plain_choices) == sorted(low_choices)
+    for path, calls in plain_choices.items():
+        assert len(calls) == len(low_choices[path]) == 1
+        if path != "maxpool":
+            np.testing.assert_array_equal(calls[0].unpack(), low_choices[path][0].unpack())

@@ -127,8 +127,9 @@ def pin(net, choices):
     return net
 
 
-def sgd(net, batches, lrs, weight_decay, momentum, nesterov, label_smoothing):
-    """``nn.Momentum`` with a per-step learning-rate list and per-tensor weight decay groups."""
+def sgd(net, batches, lrs, weight_decay, momentum, nesterov, label_smoothing, travel=False):
+    """``nn.Momentum`` with a per-step learning-rate list and per-tensor weight decay groups
+    (no update sizes: PyTorch's give the scales)."""
     names = _canonical_names(net)
     groups = {}
     for p in net.trainable_params():

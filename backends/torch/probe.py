@@ -183,7 +183,11 @@ def record_choices(model):
     choices = {}
 
     def hook(path, what):
-        return lambda _module, args: choices.setdefault(path, []).append(what(args[0].detach().numpy()))
+        def record(_module, args):
+            # A block that ``recomputed`` runs again inside the backward pass makes the same choices.
+            if torch._C._current_graph_task_id() == -1:
+                choices.setdefault(path, []).append(what(args[0].detach().numpy()))
+        return record
 
     hooks = [(m, hook(p, Signs)) for p, m in _relus(model)]
     if model.spec.stem.pool is not None:
@@ -194,6 +198,29 @@ def record_choices(model):
     finally:
         for h in handles:
             h.remove()
+
+
+@contextlib.contextmanager
+def recomputed(model):
+    """Inside, each block keeps only its input for the backward pass and runs again there.
+
+    For a float64 gradient pass whose model is dropped afterwards: SKNet-50's activations at
+    224 px, batch 8, are ~3 GB in float64, the largest allocation of a parity run; this keeps
+    one block's at a time, for one more forward pass. The second run updates the BN running
+    statistics again, and a block with stochastic depth would draw again, so it is for
+    gradients only and leaves models with stochastic depth as they are.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    blocks = [] if model.spec.block.drop_path_rate else [
+        block for name in model.stage_names for block in getattr(model, name)]
+    for block in blocks:
+        block.forward = (lambda run: lambda x: checkpoint(run, x, use_reentrant=False))(block.forward)
+    try:
+        yield model
+    finally:
+        for block in blocks:
+            del block.forward
 
 
 def pin(model, choices):
@@ -212,11 +239,12 @@ def flips(model):
     return sum(m.flips for m in model.modules() if isinstance(m, _PinnedReLU))
 
 
-def sgd(model, batches, lrs, weight_decay, momentum, nesterov, label_smoothing):
+def sgd(model, batches, lrs, weight_decay, momentum, nesterov, label_smoothing, travel=True):
     """Train ``len(batches)`` steps of SGD; lrs[i] at step i, ``weight_decay[name]`` per tensor.
 
     Returns (loss before each step, canonical state after the last, {name: largest
-    elementwise sum of |update| over the steps}): the scale of what each tensor summed.
+    elementwise sum of |update| over the steps}, or None without ``travel``): the scale of
+    what each tensor summed.
     """
     model.train()
     groups = {}
@@ -226,7 +254,8 @@ def sgd(model, batches, lrs, weight_decay, momentum, nesterov, label_smoothing):
                           lr=float(lrs[0]), momentum=momentum, nesterov=nesterov)
     crit = loss_fn(label_smoothing)
     dtype = next(model.parameters()).dtype
-    travel = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    # Two more copies of the weights (four times the float32 model's size in float64).
+    travel = {n: torch.zeros_like(p) for n, p in model.named_parameters()} if travel else None
     losses = []
     for (x, y), lr in zip(batches, lrs):
         for g in opt.param_groups:
@@ -234,12 +263,14 @@ def sgd(model, batches, lrs, weight_decay, momentum, nesterov, label_smoothing):
         opt.zero_grad(set_to_none=True)
         loss = crit(model(torch.from_numpy(x).to(dtype)), torch.from_numpy(y).long())
         loss.backward()
-        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        before = {n: p.detach().clone() for n, p in model.named_parameters()} if travel else None
         opt.step()
-        for n, p in model.named_parameters():
+        for n, p in model.named_parameters() if travel else ():
             travel[n] += (p.detach() - before[n]).abs()
+        del before
         losses.append(float(loss.detach()))
-    return np.array(losses), to_canonical(model), {n: float(t.max()) for n, t in travel.items()}
+    scales = None if travel is None else {n: float(t.max()) for n, t in travel.items()}
+    return np.array(losses), to_canonical(model), scales
 
 
 def capture(model, x, paths):

@@ -121,12 +121,12 @@ def release():
     it, and a run's peak is the sum of both sides' largest passes.
     """
     import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        # The process's own symbols: ctypes.util.find_library would fork a child the size of this process.
+        ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to hand back this way
         pass
 
@@ -224,7 +224,7 @@ def check_grad(setup, tp, mp):
     """Whole-network gradients, both sides on PyTorch fp64's ReLU signs and max-pool winners."""
     x, y = inputs(setup.spec, setup.batch, setup.size, setup.seed)
     t64 = tp.build(setup.spec, setup.state, "float64")
-    with tp.record_choices(t64) as choices:
+    with tp.record_choices(t64) as choices, tp.recomputed(t64):
         _, ref64 = tp.grads(t64, x, y)
     # Each model goes as soon as its gradients are out: SKNet-50's float64 one holds 0.4 GB.
     del t64
@@ -272,7 +272,7 @@ def check_steps(setup, tp, mp):
     # tensor, and the ReLU signs of every step, which both fp32 runs replay (see check_grad).
     t64 = tp.build(setup.spec, setup.state, "float64")
     with tp.record_choices(t64) as choices:
-        losses64, state64, _ = tp.sgd(t64, *plan)
+        losses64, state64, _ = tp.sgd(t64, *plan, travel=False)
     del t64
     # GRAPH mode compiles one pass's signs into the graph: there each side keeps its own.
     pinned = setup.mode == "pynative"
