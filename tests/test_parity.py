@@ -8,6 +8,7 @@ pass or mean anything there. At 8 the same measure is 8e-6 (docs/parity.md).
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -164,7 +165,7 @@ def test_cli_json_passes_on_a_small_model(capsys, torch, pynative):
     code, out, _ = run_cli(capsys, "sknet_small", "--json", "--checks", "eval,train,grad,fp16,onnx",
                            "--batch", "8", "--size", "16")
     report = json.loads(out)
-    assert code == 0 and report["passed"] and report["failed"] == []
+    assert code == 0 and report["passed"] and report["failed"] == [] and report["steps_size"] == 16
     names = [c["name"] for c in report["checks"]]
     assert names == ["eval", "train", "train.bn_stats", "grad", "grad.unpinned", "fp16", "onnx"]
     fp16 = report["checks"][names.index("fp16")]
@@ -199,6 +200,17 @@ def test_cli_reports_its_wall_time_and_peak_memory(capsys, torch, pynative):
 def test_cli_rejects_an_unknown_check(capsys):
     code, out, err = run_cli(capsys, "sknet_small", "--checks", "eval,speed")
     assert code == 2 and out == "" and "unknown check 'speed'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_rejects_a_tiny_steps_size(capsys):
+    code, out, err = run_cli(capsys, "sknet_small", "--steps-size", "4")
+    assert code == 2 and out == "" and "--steps-size" in err and len(err.strip().splitlines()) == 1
+
+
+def test_steps_run_at_most_at_112_px_unless_asked():
+    spec = get_spec("sknet_small")
+    assert make_setup(spec, size=224).steps_pixels == 112 and make_setup(spec, size=64).steps_pixels == 64
+    assert make_setup(spec, size=224, steps_size=224).steps_pixels == 224
 
 
 def test_cli_rejects_a_non_finite_residual_gamma(capsys):
@@ -240,3 +252,93 @@ def test_torch_fast_inference_path_agrees_too(torch, pynative):
     """What users run for inference (BN folded, fused oneDNN calls, NHWC) against MindSpore."""
     setup = make_setup(get_spec("skresnet18"), batch=BATCH, size=SIZE, torch_fast=True)
     assert_all_pass(run_checks(setup, ["eval"]))
+
+
+def test_float64_reference_convs_compute_pytorchs_conv(torch):
+    """The float64 pass's grouped and dilated convs (unfold + matmul) against F.conv2d, values and gradients."""
+    import torch.nn.functional as F
+
+    from sknet.backends.torch.probe import Float64Conv2d
+
+    gen = torch.Generator().manual_seed(0)
+    for stride, dilation, groups in [(1, 1, 4), (1, 2, 4), (2, 2, 4), (2, 1, 2), (1, 2, 1)]:
+        conv = torch.nn.Conv2d(8, 8, 3, stride, dilation, dilation, groups, bias=False).double()
+        x = torch.randn(3, 8, 11, 9, dtype=torch.float64, generator=gen, requires_grad=True)
+        assert Float64Conv2d.applies(conv)
+        ref = F.conv2d(x, conv.weight, None, stride, dilation, dilation, groups)
+        ref_grads = torch.autograd.grad((ref * ref.detach().cos()).sum(), (x, conv.weight))
+        conv.__class__ = Float64Conv2d
+        out = conv(x)
+        grads = torch.autograd.grad((out * out.detach().cos()).sum(), (x, conv.weight))
+        assert out.shape == ref.shape
+        for a, b in [(ref.detach(), out.detach()), *zip(ref_grads, grads)]:
+            assert float((a - b).abs().max() / a.abs().max()) < 1e-13, (stride, dilation, groups)
+    assert not Float64Conv2d.applies(torch.nn.Conv2d(8, 8, 1))
+
+
+def test_recorded_signs_are_one_bit_each():
+    from sknet.parity.pinning import Signs
+
+    x = np.random.default_rng(0).standard_normal((3, 5, 7))
+    signs = Signs(x)
+    assert signs.bits.nbytes == -(-x.size // 8) and signs.size == x.size
+    np.testing.assert_array_equal(signs.unpack(np.float32), (x > 0).astype(np.float32))
+
+
+def test_every_check_fails_on_a_broken_mindspore_side(torch, pynative, monkeypatch):
+    """Each default check must be able to fail: one MindSpore conv weight off by noise of 1 % of its
+    largest value (a pure scale would not do: a training-mode BN after it normalises a scale away),
+    then its optimizer taking a 1 % larger learning rate, then its stem ReLU passing everything."""
+    spec = get_spec("sknet_small")
+    setup = make_setup(spec, batch=8, size=16, steps=3)
+    name = "layer2.0.conv1.paths.1.conv.weight"
+    w = setup.state[name]
+    noise = np.random.default_rng(0).standard_normal(w.shape).astype(np.float32)
+    bad = replace(setup, ms_state={**setup.state, name: w + np.float32(0.01) * np.abs(w).max() * noise})
+    rows = by_name(run_checks(bad, ["eval", "train", "grad", "steps"]))
+    assert [n for n, r in rows.items() if r.passed is not False] == ["grad.unpinned"]
+
+    from sknet.backends.mindspore import probe as mp
+
+    sgd = mp.sgd
+    monkeypatch.setattr(mp, "sgd", lambda net, batches, lrs, *rest: sgd(net, batches, lrs * 1.01, *rest))
+    steps = by_name(run_checks(setup, ["steps"]))
+    assert steps["steps.weights"].passed is False
+    monkeypatch.undo()
+
+    from sknet.parity.pinning import Signs
+
+    def identity_stem_relu(net, choices):  # every input of the stem's ReLU taken as positive
+        return pin(net, {**choices, "act1": [Signs(np.ones(s.shape)) for s in choices["act1"]]})
+
+    pin = mp.pin
+    monkeypatch.setattr(mp, "pin", identity_stem_relu)
+    rows = by_name(run_checks(setup, ["grad", "steps"]))
+    assert rows["grad"].passed is False and rows["steps.weights"].passed is False
+
+
+def test_recomputed_float64_pass_gives_the_same_gradients_and_choices(torch):
+    """The grad check's float64 pass keeps one block's activations at a time (``probe.recomputed``):
+    its gradients and recorded ReLU signs must be those of the plain pass."""
+    from sknet.backends.torch import probe
+
+    spec = get_spec("sknet_small")
+    setup = make_setup(spec, batch=4, size=16)
+    x, y = inputs(spec, 4, 16, 0)
+    runs = []
+    for low_memory in (False, True):
+        model = probe.build(spec, setup.state, "float64")
+        with probe.record_choices(model) as choices:
+            if low_memory:
+                with probe.recomputed(model):
+                    runs.append((probe.grads(model, x, y)[1], choices))
+            else:
+                runs.append((probe.grads(model, x, y)[1], choices))
+        assert "forward" not in vars(model.layer1[0])  # the blocks are themselves again
+    (plain, plain_choices), (low, low_choices) = runs
+    assert sorted(plain) == sorted(low) and all(np.array_equal(plain[k], low[k]) for k in plain)
+    assert sorted(plain_choices) == sorted(low_choices)
+    for path, calls in plain_choices.items():
+        assert len(calls) == len(low_choices[path]) == 1
+        if path != "maxpool":
+            np.testing.assert_array_equal(calls[0].unpack(), low_choices[path][0].unpack())

@@ -72,17 +72,17 @@ def grads(net, x, y):
 
 
 class _Replay(nn.Cell):
-    """Replays one recorded array per call in PYNATIVE; GRAPH mode compiles the first one in."""
+    """Replays one recorded choice per call in PYNATIVE; GRAPH mode compiles the first one in."""
 
-    def __init__(self, calls, dtype):
+    def __init__(self, calls, decode):
         super().__init__()
-        self.calls, self.call, self.dtype = calls, 0, dtype
+        self.calls, self.call, self.decode = calls, 0, decode
         self.replay = ms.get_context("mode") == ms.PYNATIVE_MODE
-        self.choice = ms.Tensor(calls[0].astype(dtype))
+        self.choice = ms.Tensor(decode(calls[0]))
 
     def next_choice(self):
         if self.replay:
-            self.choice = ms.Tensor(self.calls[self.call].astype(self.dtype))
+            self.choice = ms.Tensor(self.decode(self.calls[self.call]))
             self.call += 1
         return self.choice
 
@@ -91,7 +91,7 @@ class _PinnedReLU(_Replay):
     """``sknet.backends.torch.probe._PinnedReLU``: ``x`` where the reference's input was > 0, else 0."""
 
     def __init__(self, calls):
-        super().__init__(calls, np.float32)
+        super().__init__(calls, lambda signs: signs.unpack(np.float32))
 
     def construct(self, x):
         return x * self.next_choice()
@@ -101,7 +101,7 @@ class _PinnedPool(_Replay):
     """The stem's max-pool taking the reference's winner of every window."""
 
     def __init__(self, pool, calls):
-        super().__init__(calls, np.int32)
+        super().__init__(calls, lambda winners: winners.astype(np.int32))
         self.pool = pool
 
     def construct(self, x):
@@ -127,8 +127,9 @@ def pin(net, choices):
     return net
 
 
-def sgd(net, batches, lrs, weight_decay, momentum, nesterov, label_smoothing):
-    """``nn.Momentum`` with a per-step learning-rate list and per-tensor weight decay groups."""
+def sgd(net, batches, lrs, weight_decay, momentum, nesterov, label_smoothing, travel=False):
+    """``nn.Momentum`` with a per-step learning-rate list and per-tensor weight decay groups
+    (no update sizes: PyTorch's give the scales)."""
     names = _canonical_names(net)
     groups = {}
     for p in net.trainable_params():

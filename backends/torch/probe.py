@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sknet.parity.pinning import pool_winners
+from sknet.parity.pinning import Signs, pool_winners
 from sknet.plan import pool_out, pool_pads
 
 from .fast import accelerate, is_accelerated
@@ -24,12 +24,83 @@ _FAST = contextvars.ContextVar("sknet_parity_torch_fast", default=False)
 
 
 def build(spec, state, dtype="float32"):
-    """A model for ``spec`` holding the canonical ``state``, in ``dtype``; accelerated inside ``math(True)``."""
+    """A model for ``spec`` holding the canonical ``state``, in ``dtype``; accelerated inside ``math(True)``.
+
+    A float64 model is the checks' stand-in for exact arithmetic: its grouped and dilated
+    convs run as ``_UnfoldConv`` (``Float64Conv2d``), the same function at float64 precision.
+    """
     model = SKNet(spec)
     load_canonical(model, state)
     if _FAST.get():
         accelerate(model)
-    return model.to(DTYPES[dtype])
+    model = model.to(DTYPES[dtype])
+    if dtype == "float64":
+        for conv in model.modules():
+            if Float64Conv2d.applies(conv):
+                conv.__class__ = Float64Conv2d
+    return model
+
+
+class _UnfoldConv(torch.autograd.Function):
+    """A grouped (or dilated) conv as im2col and one batched matmul over the groups.
+
+    PyTorch's CPU float64 conv has no oneDNN kernel: a grouped one loops over its groups
+    and a dilated one runs ``slow_conv_dilated2d``; SKNet-50's float64 training pass at
+    224 px spent most of its time there. Only the input and the weight are kept for the
+    backward pass, which unfolds the input again: the columns (9x the input) are never
+    held across layers.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, dilation, groups)
+        cols, wg = _columns(x, weight, *ctx.conv), _grouped(weight, groups)
+        out = torch.matmul(wg, cols)  # (B, groups, out/groups, L)
+        kh, kw = weight.shape[2:]
+        size = [(n + 2 * p - d * (k - 1) - 1) // s + 1
+                for n, p, d, k, s in zip(x.shape[2:], padding, dilation, (kh, kw), stride)]
+        return out.reshape(x.shape[0], weight.shape[0], *size)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        b, o = grad.shape[:2]
+        grad = grad.reshape(b, groups, o // groups, -1)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[1]:
+            cols = _columns(x, weight, *ctx.conv)
+            grad_w = torch.matmul(grad, cols.transpose(-1, -2)).sum(0).reshape(weight.shape)
+            del cols
+        if ctx.needs_input_grad[0]:
+            grad_cols = torch.matmul(_grouped(weight, groups).transpose(-1, -2), grad).flatten(1, 2)
+            grad_x = F.fold(grad_cols, x.shape[2:], weight.shape[2:], dilation, padding, stride)
+        return grad_x, grad_w, None, None, None, None
+
+
+def _columns(x, weight, stride, padding, dilation, groups):
+    cols = F.unfold(x, weight.shape[2:], dilation, padding, stride)  # (B, C*kh*kw, L)
+    return cols.view(x.shape[0], groups, -1, cols.shape[-1])
+
+
+def _grouped(weight, groups):
+    return weight.reshape(groups, weight.shape[0] // groups, -1)
+
+
+class Float64Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` computed by ``_UnfoldConv``: what float64 models of the checks run."""
+
+    @staticmethod
+    def applies(conv):
+        return (isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+                and (conv.groups > 1 or max(conv.dilation) > 1))
+
+    def _conv_forward(self, x, weight, bias):
+        if x.dtype != torch.float64:
+            return super()._conv_forward(x, weight, bias)
+        y = _UnfoldConv.apply(x, weight, self.stride, self.padding, self.dilation, self.groups)
+        return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 
 @contextlib.contextmanager
@@ -81,7 +152,7 @@ class _PinnedReLU(nn.Module):
         self.calls, self.call, self.flips = calls, 0, 0
 
     def forward(self, x):
-        mask = torch.from_numpy(self.calls[self.call]).to(x.dtype)
+        mask = torch.from_numpy(self.calls[self.call].unpack()).to(x.dtype)
         self.call += 1
         self.flips += int(((x > 0).to(x.dtype) != mask).sum())
         return x * mask
@@ -108,13 +179,17 @@ def _relus(model):
 
 @contextlib.contextmanager
 def record_choices(model):
-    """Yields {ReLU path: [input > 0], 'maxpool': [winners]}, one entry per call, filled while open."""
+    """Yields {ReLU path: [Signs of its input], 'maxpool': [winners]}, one entry per call, filled while open."""
     choices = {}
 
     def hook(path, what):
-        return lambda _module, args: choices.setdefault(path, []).append(what(args[0].detach().numpy()))
+        def record(_module, args):
+            # A block that ``recomputed`` runs again inside the backward pass makes the same choices.
+            if torch._C._current_graph_task_id() == -1:
+                choices.setdefault(path, []).append(what(args[0].detach().numpy()))
+        return record
 
-    hooks = [(m, hook(p, lambda a: a > 0)) for p, m in _relus(model)]
+    hooks = [(m, hook(p, Signs)) for p, m in _relus(model)]
     if model.spec.stem.pool is not None:
         hooks.append((model.maxpool, hook("maxpool", lambda a: pool_winners(a, model.spec.stem.pool))))
     handles = [m.register_forward_pre_hook(h) for m, h in hooks]
@@ -123,6 +198,29 @@ def record_choices(model):
     finally:
         for h in handles:
             h.remove()
+
+
+@contextlib.contextmanager
+def recomputed(model):
+    """Inside, each block keeps only its input for the backward pass and runs again there.
+
+    For a float64 gradient pass whose model is dropped afterwards: SKNet-50's activations at
+    224 px, batch 8, are ~3 GB in float64, the largest allocation of a parity run; this keeps
+    one block's at a time, for one more forward pass. The second run updates the BN running
+    statistics again, and a block with stochastic depth would draw again, so it is for
+    gradients only and leaves models with stochastic depth as they are.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    blocks = [] if model.spec.block.drop_path_rate else [
+        block for name in model.stage_names for block in getattr(model, name)]
+    for block in blocks:
+        block.forward = (lambda run: lambda x: checkpoint(run, x, use_reentrant=False))(block.forward)
+    try:
+        yield model
+    finally:
+        for block in blocks:
+            del block.forward
 
 
 def pin(model, choices):
@@ -141,11 +239,12 @@ def flips(model):
     return sum(m.flips for m in model.modules() if isinstance(m, _PinnedReLU))
 
 
-def sgd(model, batches, lrs, weight_decay, momentum, nesterov, label_smoothing):
+def sgd(model, batches, lrs, weight_decay, momentum, nesterov, label_smoothing, travel=True):
     """Train ``len(batches)`` steps of SGD; lrs[i] at step i, ``weight_decay[name]`` per tensor.
 
     Returns (loss before each step, canonical state after the last, {name: largest
-    elementwise sum of |update| over the steps}): the scale of what each tensor summed.
+    elementwise sum of |update| over the steps}, or None without ``travel``): the scale of
+    what each tensor summed.
     """
     model.train()
     groups = {}
@@ -155,7 +254,8 @@ def sgd(model, batches, lrs, weight_decay, momentum, nesterov, label_smoothing):
                           lr=float(lrs[0]), momentum=momentum, nesterov=nesterov)
     crit = loss_fn(label_smoothing)
     dtype = next(model.parameters()).dtype
-    travel = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    # Two more copies of the weights (four times the float32 model's size in float64).
+    travel = {n: torch.zeros_like(p) for n, p in model.named_parameters()} if travel else None
     losses = []
     for (x, y), lr in zip(batches, lrs):
         for g in opt.param_groups:
@@ -163,12 +263,14 @@ def sgd(model, batches, lrs, weight_decay, momentum, nesterov, label_smoothing):
         opt.zero_grad(set_to_none=True)
         loss = crit(model(torch.from_numpy(x).to(dtype)), torch.from_numpy(y).long())
         loss.backward()
-        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        before = {n: p.detach().clone() for n, p in model.named_parameters()} if travel else None
         opt.step()
-        for n, p in model.named_parameters():
+        for n, p in model.named_parameters() if travel else ():
             travel[n] += (p.detach() - before[n]).abs()
+        del before
         losses.append(float(loss.detach()))
-    return np.array(losses), to_canonical(model), {n: float(t.max()) for n, t in travel.items()}
+    scales = None if travel is None else {n: float(t.max()) for n, t in travel.items()}
+    return np.array(losses), to_canonical(model), scales
 
 
 def capture(model, x, paths):

@@ -15,7 +15,7 @@ EXAMPLES = """\
 
 
 def add_arguments(p):
-    from ..parity.checks import CHECKS, DEFAULT_CHECKS, DEFAULT_RECIPE
+    from ..parity.checks import CHECKS, DEFAULT_CHECKS, DEFAULT_RECIPE, STEPS_SIZE
 
     p.add_argument("model", help="registered name, alias, or path to a spec YAML")
     p.add_argument("--checks", default=",".join(DEFAULT_CHECKS),
@@ -25,6 +25,8 @@ def add_arguments(p):
     p.add_argument("--size", type=int, help="input size (default: the spec's)")
     p.add_argument("--mode", choices=["pynative", "graph"], default="pynative", help="MindSpore's mode")
     p.add_argument("--steps", type=int, default=10, help="SGD steps of the steps check (default 10)")
+    p.add_argument("--steps-size", type=int, metavar="PX",
+                   help=f"input size of the steps check (default: the input size, at most {STEPS_SIZE})")
     p.add_argument("--steps-per-epoch", type=int, default=1000,
                    help="where in the recipe's schedule the steps sit: the first steps of a run "
                         "with this many steps an epoch (default %(default)s)")
@@ -57,8 +59,8 @@ def run(args):
 
     checks = parse_checks(args.checks)
     spec = get_spec(args.model)
-    if min(args.batch, args.steps, args.steps_per_epoch) < 1 or (args.size is not None and args.size < 8):
-        raise SKNetError("--batch, --steps and --steps-per-epoch must be >= 1 and --size >= 8")
+    if min(args.batch, args.steps, args.steps_per_epoch) < 1 or any(v is not None and v < 8 for v in (args.size, args.steps_size)):
+        raise SKNetError("--batch, --steps and --steps-per-epoch must be >= 1 and --size and --steps-size >= 8")
     if not math.isfinite(args.residual_gamma):
         raise SKNetError(f"--residual-gamma must be a finite number, got {args.residual_gamma}")
     size = args.size or spec.input.size
@@ -74,7 +76,8 @@ def run(args):
     setup = make_setup(spec, state, ms_state=ms_state, batch=args.batch, size=size, seed=args.seed,
                        mode=args.mode, recipe=args.recipe, steps=args.steps, floor=args.floor,
                        residual_gamma=args.residual_gamma, drop_path_rate=args.drop_path_rate,
-                       steps_per_epoch=args.steps_per_epoch, torch_fast=args.torch_fast)
+                       steps_per_epoch=args.steps_per_epoch, steps_size=args.steps_size,
+                       torch_fast=args.torch_fast)
     results = run_checks(setup, checks)
     layer = None
     if args.layers:
@@ -82,7 +85,8 @@ def run(args):
 
         x, _ = inputs(spec, args.batch, size, args.seed)
         layer = layer_report(spec, setup.state, setup.mindspore_state, x, TOLERANCES["eval"])
-    context = {"model": spec.name, "batch": args.batch, "size": size, "mode": args.mode, "seed": args.seed}
+    context = {"model": spec.name, "batch": args.batch, "size": size, "steps_size": setup.steps_pixels,
+               "mode": args.mode, "seed": args.seed}
     if args.json:
         out = json.loads(to_json(results, **context))
         if layer:
@@ -91,7 +95,7 @@ def run(args):
         print(json.dumps(out, indent=2))
     else:
         print(table(results, f"{spec.name}: PyTorch vs MindSpore ({args.mode}), batch {args.batch}, "
-                             f"{size}x{size}, seed {args.seed}"))
+                             f"{size}x{size} (steps {setup.steps_pixels}x{setup.steps_pixels}), seed {args.seed}"))
         if layer:
             print(format_layers(*layer, TOLERANCES["eval"]))
         print(format_cost(cost(started)))

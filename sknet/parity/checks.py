@@ -35,6 +35,11 @@ DEFAULT_CHECKS = ("eval", "train", "grad", "steps")
 # the recipe machinery that ten steps can exercise.
 DEFAULT_RECIPE = "mindcv_skresnet18"
 MODES = ("pynative", "graph")
+# The steps check's default input size, at most: its subject is the update rule and how
+# each step's error feeds the next pass, which do not change with the image size, while
+# the gradients at the spec's size are the grad check's. At 224 px its ten steps on three
+# sides were two thirds of a run (docs/parity.md, "Cost").
+STEPS_SIZE = 112
 
 
 @dataclass(frozen=True)
@@ -49,10 +54,16 @@ class Setup:
     recipe: str = DEFAULT_RECIPE
     steps: int = 10
     steps_per_epoch: int = 1000       # where in the recipe's schedule the steps sit (see sgd_plan)
+    steps_size: Optional[int] = None  # input size of the steps check; None: min(size, STEPS_SIZE)
     residual_gamma: float = 0.25      # weight of each block's last BN in the default state (see make_setup)
     floor: bool = False               # also measure PyTorch fp32 against PyTorch fp64
     torch_fast: bool = False          # PyTorch's fast CPU paths instead of its module-by-module math
     drop_path_rate: float = 0.2       # stochastic depth of the droppath check
+
+    @property
+    def steps_pixels(self):
+        """The input size of the steps check."""
+        return self.steps_size or min(self.size, STEPS_SIZE)
 
     @property
     def mindspore_state(self):
@@ -100,6 +111,24 @@ def set_mode(mode):
 
     use_device("CPU")
     return before
+
+
+def release():
+    """Return the heap that freed tensors leave to the OS (glibc keeps it for reuse).
+
+    PyTorch allocates through malloc, MindSpore from a pool of its own: without this, the
+    memory a PyTorch pass freed stays resident while MindSpore's pass grows its pool beside
+    it, and a run's peak is the sum of both sides' largest passes.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        # The process's own symbols: ctypes.util.find_library would fork a child the size of this process.
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        pass
 
 
 def _floor(result, ref64, out32, many=False):
@@ -195,16 +224,24 @@ def check_grad(setup, tp, mp):
     """Whole-network gradients, both sides on PyTorch fp64's ReLU signs and max-pool winners."""
     x, y = inputs(setup.spec, setup.batch, setup.size, setup.seed)
     t64 = tp.build(setup.spec, setup.state, "float64")
-    with tp.record_choices(t64) as choices:
+    with tp.record_choices(t64) as choices, tp.recomputed(t64):
         _, ref64 = tp.grads(t64, x, y)
+    # Each model goes as soon as its gradients are out: SKNet-50's float64 one holds 0.4 GB.
+    del t64
     t32 = tp.pin(tp.build(setup.spec, setup.state), choices)
     ref_loss, ref = tp.grads(t32, x, y)
+    flips = tp.flips(t32)
+    del t32
+    release()
     out_loss, out = mp.grads(mp.pin(mp.build(setup.spec, setup.mindspore_state), choices), x, y)
     result = with_floor("grad", ref, out, ref64, TOLERANCES["grad"],
                         note="d CE / d every parameter, per tensor, on PyTorch fp64's ReLU signs and pool winners")
     relu_inputs = sum(a.size for path, calls in choices.items() if path != "maxpool" for a in calls)
-    result.details.update(loss=[ref_loss, out_loss], torch_fp32_flips=tp.flips(t32), relu_inputs=int(relu_inputs))
+    result.details.update(loss=[ref_loss, out_loss], torch_fp32_flips=flips, relu_inputs=int(relu_inputs))
+    del choices, out
+    release()
     _, free = tp.grads(tp.build(setup.spec, setup.state), x, y)
+    release()
     _, free_ms = mp.grads(mp.build(setup.spec, setup.mindspore_state), x, y)
     return [result, unpinned("grad.unpinned", free, free_ms, ref64,
                              note="each backend on its own ReLU signs and pool winners")]
@@ -224,7 +261,7 @@ def sgd_plan(setup):
     lrs = learning_rates(recipe, per_epoch, world_size=1)[: setup.steps]
     decay = {name: weight_decay_of(name, kind, recipe)
              for name, _, kind, trainable in tensor_specs(setup.spec) if trainable}
-    batches = [inputs(setup.spec, setup.batch, setup.size, setup.seed, index=1 + i) for i in range(setup.steps)]
+    batches = [inputs(setup.spec, setup.batch, setup.steps_pixels, setup.seed, index=1 + i) for i in range(setup.steps)]
     opt = recipe.optimizer
     return batches, lrs, decay, opt.momentum, opt.nesterov, recipe.label_smoothing
 
@@ -235,14 +272,19 @@ def check_steps(setup, tp, mp):
     # tensor, and the ReLU signs of every step, which both fp32 runs replay (see check_grad).
     t64 = tp.build(setup.spec, setup.state, "float64")
     with tp.record_choices(t64) as choices:
-        losses64, state64, _ = tp.sgd(t64, *plan)
+        losses64, state64, _ = tp.sgd(t64, *plan, travel=False)
+    del t64
     # GRAPH mode compiles one pass's signs into the graph: there each side keeps its own.
     pinned = setup.mode == "pynative"
-    t32, m32 = tp.build(setup.spec, setup.state), mp.build(setup.spec, setup.mindspore_state)
+    t32 = tp.build(setup.spec, setup.state)
     ref_losses, ref, travel = tp.sgd(tp.pin(t32, choices) if pinned else t32, *plan)
+    del t32
+    release()
+    m32 = mp.build(setup.spec, setup.mindspore_state)
     out_losses, out, _ = mp.sgd(mp.pin(m32, choices) if pinned else m32, *plan)
+    del m32, choices
     tol = TOLERANCES["steps"]
-    what = f"{setup.steps} SGD steps of recipe {setup.recipe}"
+    what = f"{setup.steps} SGD steps of recipe {setup.recipe} at {setup.steps_pixels} px"
     losses = compare("steps.loss", ref_losses, out_losses, tol, note=f"loss at each of {what}")
     losses.worst = f"step {int(np.argmax(np.abs(ref_losses - out_losses)))}"
     losses.details.update(torch=ref_losses.tolist(), mindspore=out_losses.tolist(), lr=plan[1].tolist())
@@ -306,6 +348,7 @@ def run_checks(setup, checks=DEFAULT_CHECKS):
             # Where a run's time goes, check by check, on the first row each check gives.
             rows[0].details["seconds"] = round(time.perf_counter() - start, 2)
             results += rows
+            release()
         return results
     finally:
         import mindspore as ms

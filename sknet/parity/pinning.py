@@ -29,3 +29,21 @@ def pool_winners(x, pool):
     rows = np.arange(ho).reshape(-1, 1) * s + arg // k
     cols = np.arange(wo).reshape(1, -1) * s + arg % k
     return (rows * xp.shape[3] + cols).reshape(b, c, ho * wo)
+
+
+class Signs:
+    """Which inputs of one ReLU call were > 0, one bit each.
+
+    A pass of SKNet-50 at 224 px, batch 8, has 125 M ReLU inputs: as NumPy booleans the
+    ten steps' recorded signs held 1.3 GB, as bits 160 MB.
+    """
+
+    __slots__ = ("bits", "shape", "size")
+
+    def __init__(self, x):
+        positive = np.asarray(x) > 0
+        self.bits, self.shape, self.size = np.packbits(positive, axis=None), positive.shape, positive.size
+
+    def unpack(self, dtype=np.bool_):
+        """The mask as an array of ``shape``: 1 where the input was > 0, else 0."""
+        return np.unpackbits(self.bits, count=self.size).reshape(self.shape).astype(dtype, copy=False)
