@@ -83,10 +83,12 @@ class Encoded:
         if _jpeg is not None:
             try:
                 with open(path, "rb") as f:
-                    data = f.read()
+                    # Only a JPEG is read whole here; any other file is left to PIL's open.
+                    data = f.read(len(JPEG_MAGIC))
+                    data = data + f.read() if data == JPEG_MAGIC else None
             except OSError as err:
                 raise DatasetError(f"{path}: cannot read image: {err}") from None
-            if data[:3] == JPEG_MAGIC:
+            if data is not None:
                 try:
                     width, height, components = _jpeg.header(data)
                 except ValueError as err:
