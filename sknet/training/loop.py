@@ -43,7 +43,13 @@ def run(opts, backend, step_hook=None):
     """
     recipe, spec, train, val = load_run(opts)
     world = backend.World(opts.device, recipe.device)
-    check_workers_per_node(world)
+    try:
+        check_workers_per_node(world)
+    except RunFailed:
+        # Every rank refuses alike, so all can leave the group together; a rank that exits
+        # with it still open may be aborted by gloo (SIGABRT) as its peers go.
+        world.close()
+        raise
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return Run(opts, backend, world, recipe, spec).train(train, val, step_hook)
