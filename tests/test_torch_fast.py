@@ -151,3 +151,41 @@ def test_torch_capture_gives_the_same_softmax_weights_fast_or_not(torch):
     assert w.shape == ref_w.shape == (2, 2, 64)
     assert np.allclose(w, ref_w, atol=1e-6) and np.allclose(w.sum(1), 1, atol=1e-6)
     assert all(np.allclose(p, q, atol=1e-5) for p, q in zip(got[unit].branches, ref[unit].branches))
+
+
+def test_torch_conv_leaves_out_taps_that_meet_only_padding(torch):
+    from torch import nn
+
+    from sknet.backends.torch.fast import LiveTapConv2d, tap_plan
+
+    # A 3x3 conv on a 1x1 map, or dilated by 2 on a 2x2 one, is its centre tap alone.
+    assert tap_plan((1, 1), (3, 3), (1, 1), (1, 1), (1, 1)) == (slice(1, 2), slice(1, 2), (0, 0))
+    assert tap_plan((2, 2), (3, 3), (1, 1), (2, 2), (2, 2)) == (slice(1, 2), slice(1, 2), (0, 0))
+    assert tap_plan((7, 7), (3, 3), (1, 1), (2, 2), (2, 2)) is None
+    torch.manual_seed(0)
+    cropped = 0
+    for size in (1, 2, 3, 5):
+        for stride, padding, dilation in ((1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 2, 2), (1, 0, 1), (2, 3, 1)):
+            conv = nn.Conv2d(4, 6, 3, stride, padding, dilation, bias=True).double()
+            live = copy.deepcopy(conv)
+            live.__class__ = LiveTapConv2d
+            cropped += tap_plan((size, size + 1), (3, 3), (stride,) * 2, (padding,) * 2, (dilation,) * 2) is not None
+            x = torch.randn(2, 4, size, size + 1, dtype=torch.float64, requires_grad=True)
+            try:
+                g = torch.randn_like(conv(x))
+            except RuntimeError:      # no output at this size: nothing to compare
+                continue
+
+            def run(module):
+                x.grad = None
+                module.zero_grad()
+                y = module(x)
+                y.backward(g)
+                return y.detach(), x.grad.clone(), module.weight.grad.clone(), module.bias.grad.clone()
+
+            # The left-out taps' products are zeros: the sums differ by rounding only, and the
+            # left-out weights get zero gradients, as they do from the whole conv.
+            for fast, plain in zip(run(live), run(conv)):
+                assert fast.shape == plain.shape
+                assert (fast - plain).abs().max() <= 1e-12 * plain.abs().max()
+    assert cropped >= 6
