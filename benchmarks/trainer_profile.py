@@ -107,14 +107,18 @@ def kernels_mindspore(adapter, recipe, x, y, whole):
     import mindspore as ms
     from mindspore import nn
 
-    from sknet.backends.mindspore.train import NetWithLoss
+    from sknet.data import step_normalization
+    from sknet.backends.mindspore.train import NetWithLoss, Normalize
 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     tx, ty = ms.Tensor(x), ms.Tensor(y)
     if whole:
         o = recipe.optimizer
         opt = nn.Momentum(adapter.model.trainable_params(), 0.01, o.momentum, weight_decay=o.weight_decay)
-        cell = ms.jit(nn.TrainOneStepCell(NetWithLoss(adapter.model, loss_fn), opt).set_train(True))
+        net_with_loss = NetWithLoss(adapter.model, loss_fn, Normalize(*step_normalization(recipe, adapter.model.spec)))
+        cell = nn.TrainOneStepCell(net_with_loss, opt).set_train(True)
+        # Compiled as the trainer's step is: by GRAPH mode, or ms.jit under PYNATIVE.
+        cell = cell if ms.get_context("mode") == ms.GRAPH_MODE else ms.jit(cell)
     else:
         cell = adapter.gradients
     def step():
@@ -129,12 +133,12 @@ def kernels_torch(adapter, recipe, x, y, whole):
     import torch.nn.functional as F
 
     model = adapter.model
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y.astype("int64"))
+    ty = torch.from_numpy(y.astype("int64"))
     o = recipe.optimizer
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=o.momentum, weight_decay=o.weight_decay)
 
     def step():
-        loss = F.cross_entropy(model(tx), ty, label_smoothing=recipe.label_smoothing)
+        loss = F.cross_entropy(model(adapter._images(x)), ty, label_smoothing=recipe.label_smoothing)
         if whole:
             opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -159,7 +163,8 @@ def loop_rate(args, sets=()):
 def main(argv=None):
     args = parse_args(argv)
     recipe, spec, train, adapter, batch = setup(args)
-    x, y = train.batch(list(range(batch)), 0)
+    # uint8, as the trainers' loaders give it: the step's normalisation counts in step and kernels alike.
+    x, y = train.batch(list(range(batch)), 0, u8=True)
     y = y.astype("int32" if args.backend == "mindspore" else "int64")
     figures = {}
     for part in args.parts:

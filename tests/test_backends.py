@@ -167,7 +167,7 @@ def test_every_mindspore_entry_point_builds_with_the_same_options(isa, order, ge
     """create_model, the trainer, validate, parity and the export check build the same cells in one process.
 
     oneDNN held to AVX2 (the backend's default, set on import unless MindSpore was imported
-    first): MindSpore's own Conv2D; else the im2col convs. The other rewrites are always on.
+    first): MindSpore's own Conv2D op (through LiveTapConv2d); else the im2col convs. The other rewrites are always on.
     """
     import json
     import os
@@ -182,8 +182,8 @@ def test_every_mindspore_entry_point_builds_with_the_same_options(isa, order, ge
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(out["built"]) == {"create_model", "train", "validate", "parity", "export reference"}
     assert all(v == out["resolved"] for v in out["built"].values()), out
-    assert out["resolved"] == [gemm, True, True, True]
-    assert out["gemm"] == ("GemmConv2d" if gemm else "Conv2d")
+    assert out["resolved"] == [gemm, True, True, True, True]
+    assert out["gemm"] == ("GemmConv2d" if gemm else "LiveTapConv2d")
     # The backend's default only where MindSpore had not loaded (oneDNN reads it once).
     assert out["isa"] == (isa if isa is not None else ("AVX2" if order == "backend-first" else None))
 

@@ -506,3 +506,43 @@ def test_c_jitter_and_normalisation_give_the_pil_paths_values(tmp_path, monkeypa
                 slow = tf(F.Encoded(path, channels), T.item_rng(1, 0, i))
             assert fast.dtype == np.float32 and fast.shape == (channels, 48, 48)
             np.testing.assert_array_equal(fast, slow, err_msg=f"{path} jitter {jitter} bgr {bgr} channels {channels}")
+
+
+def test_uint8_items_normalised_as_the_step_does_are_the_float_items(tmp_path, monkeypatch):
+    """What the trainers' loaders give (``u8=True``): uint8 CHW that ``normalize_batch`` turns into
+    the float32 item bit for bit, through the C extension and the PIL path, RGB, BGR and grey;
+    with random erasing (which works on normalised values) the item stays float32."""
+    from sknet.data import folder as F
+    from sknet.data import normalize_batch
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    files = [p for p in _jpeg_variants(tmp_path) if p.suffix == ".jpg"]
+    decoders = [None] if F._jpeg is None else [F._jpeg, None]
+    for decoder in decoders:
+        monkeypatch.setattr(F, "_jpeg", decoder)
+        for jitter, bgr, channels in ((0.4, False, 3), (0.9, True, 3), (0.4, False, 1)):
+            m, s = (mean, std) if channels == 3 else ((0.5,), (0.25,))
+            tf = T.TrainTransform(40, m, s, "random_resized", interpolation="bicubic", hflip=0.5,
+                                  color_jitter=jitter, bgr=bgr)
+            for i in range(6):
+                enc = lambda: F.Encoded(str(files[i % len(files)]), channels)  # noqa: E731
+                u8 = tf(enc(), T.item_rng(2, 0, i), u8=True)
+                assert u8.dtype == np.uint8 and u8.shape == (channels, 40, 40)
+                np.testing.assert_array_equal(normalize_batch(u8[None], m, s)[0], tf(enc(), T.item_rng(2, 0, i)))
+            eval_tf = T.EvalTransform(40, m, s, 0.875, "bicubic", bgr)
+            np.testing.assert_array_equal(normalize_batch(eval_tf(enc(), u8=True)[None], m, s)[0], eval_tf(enc()))
+            erasing = T.TrainTransform(40, m, s, "random_resized", color_jitter=jitter, re_prob=0.5, bgr=bgr)
+            assert erasing(enc(), T.item_rng(2, 0, 0), u8=True).dtype == np.float32
+
+
+@needs_fmnist
+def test_uint8_batches_of_an_in_memory_dataset_are_the_float_batches():
+    from sknet.data import normalize_batch, step_normalization
+
+    recipe = fmnist(**{**AUGMENTED, "data.re_prob": 0.0})
+    ds = build_dataset(recipe)
+    idx = list(range(100, 132))
+    u8, y8 = ds.batch(idx, epoch=3, u8=True)
+    x, y = ds.batch(idx, epoch=3)
+    assert u8.dtype == np.uint8 and x.dtype == np.float32 and np.array_equal(y8, y)
+    np.testing.assert_array_equal(normalize_batch(u8, *step_normalization(recipe, recipe.model_spec())), x)

@@ -110,3 +110,36 @@ def test_worker_rank_named_on_both_entry_points(monkeypatch, capsys):
     monkeypatch.setenv("RANK", "1")
     cli_side, module_side = both_entry_points(["--config", "fashion_mnist_small"], capsys)
     assert cli_side == module_side == (2, "error: rank 1: no full batch")
+
+
+def test_uint8_batches_are_normalised_in_the_step_to_the_pipelines_values(adapters):
+    """The loaders hand uint8 batches to the step; each backend's normalisation there gives
+    ``normalize_batch``'s float32 values bit for bit (the same IEEE operations), so the batches
+    the networks see are those of the float32 pipeline, on both backends and in both MindSpore modes."""
+    import mindspore as ms
+    import numpy as np
+    import torch
+
+    from sknet.data import normalize_batch
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (4, 3, 9, 7), dtype=np.uint8)
+    x[0, :, 0, 0] = (0, 255, 128)
+    mean, std = np.float32([0.485, 0.456, 0.406]), np.float32([0.229, 0.224, 0.225])
+    want = normalize_batch(x, mean, std)
+    adapter = adapters["torch"].Adapter(adapters["torch"].World("cpu", "cpu"))
+    adapter.mean, adapter.std = torch.from_numpy(mean).reshape(1, 3, 1, 1), torch.from_numpy(std).reshape(1, 3, 1, 1)
+    adapter.scale = torch.tensor(1 / 255, dtype=torch.float32)
+    np.testing.assert_array_equal(adapter._images(x).numpy(), want)
+    np.testing.assert_array_equal(adapter._images(want).numpy(), want)   # float32 passes as it is
+    normalize = adapters["mindspore"].Normalize(mean, std)
+    mode = ms.get_context("mode")
+    try:
+        for m in (ms.PYNATIVE_MODE, ms.GRAPH_MODE):
+            ms.set_context(mode=m)
+            np.testing.assert_array_equal(normalize(ms.Tensor(x)).asnumpy(), want)
+            np.testing.assert_array_equal(normalize(ms.Tensor(want)).asnumpy(), want)
+    finally:
+        ms.set_context(mode=mode)
+    # Not a no-op: the values are the standardised ones.
+    assert abs(float(want[0, 1, 0, 0]) - (1.0 - 0.456) / 0.224) < 1e-6

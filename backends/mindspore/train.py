@@ -16,6 +16,7 @@ import numpy as np
 from mindspore import nn, ops
 
 from sknet.atomic import atomic_write
+from sknet.data import step_normalization
 from sknet.params import tensor_specs
 from sknet.recipe import backend_device
 from sknet.schedule import weight_decay_of
@@ -73,22 +74,47 @@ class World:
         """Nothing to release: msrun tears the communication down when the workers exit."""
 
 
-class NetWithLoss(nn.Cell):
-    def __init__(self, net, loss_fn):
+class Normalize(nn.Cell):
+    """uint8 NCHW batches (sknet.data's) to float32 as ``sknet.data.normalize_batch`` does: the same
+    float32 operations, the same values; float32 batches pass as they are."""
+
+    def __init__(self, mean, std):
         super().__init__(auto_prefix=False)
-        self.net, self.loss_fn = net, loss_fn
+        self.scale = ms.Tensor(np.float32(1 / 255))
+        self.mean = ms.Tensor(mean.reshape(1, -1, 1, 1))
+        self.std = ms.Tensor(std.reshape(1, -1, 1, 1))
+
+    def construct(self, x):
+        if x.dtype == ms.uint8:
+            return (x.astype(ms.float32) * self.scale - self.mean) / self.std
+        return x
+
+
+class Infer(nn.Cell):
+    def __init__(self, net, normalize):
+        super().__init__(auto_prefix=False)
+        self.net, self.normalize = net, normalize
+
+    def construct(self, x):
+        return self.net(self.normalize(x))
+
+
+class NetWithLoss(nn.Cell):
+    def __init__(self, net, loss_fn, normalize):
+        super().__init__(auto_prefix=False)
+        self.net, self.loss_fn, self.normalize = net, loss_fn, normalize
 
     def construct(self, x, y):
         # Logits in float32 whatever the AMP level: the loss and its smoothing in full precision.
-        return self.loss_fn(self.net(x).astype(ms.float32), y)
+        return self.loss_fn(self.net(self.normalize(x)).astype(ms.float32), y)
 
 
 class Gradients(nn.Cell):
     """Forward and backward of one micro-batch: (loss, gradients of loss x scale)."""
 
-    def __init__(self, net, loss_fn, weights, loss_scale):
+    def __init__(self, net, loss_fn, weights, loss_scale, normalize):
         super().__init__(auto_prefix=False)
-        self.net_with_loss = NetWithLoss(net, loss_fn)
+        self.net_with_loss = NetWithLoss(net, loss_fn, normalize)
         self.weights = weights
         self.scale = float(loss_scale)
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
@@ -256,6 +282,7 @@ class Adapter:
         world = self.world
         graph = set_mode(spec)
         compiled = (lambda cell: cell) if graph else ms.jit
+        normalize = Normalize(*step_normalization(recipe, spec))
         ms.set_seed(recipe.seed)
         self.lrs = lrs
         # build's default: the process's one resolved FastOptions, as every entry point has.
@@ -272,7 +299,7 @@ class Adapter:
             for p in self.ema.get_parameters():
                 p.name = "ema." + p.name      # one graph holds both nets: names must differ
             self.ema_update = compiled(EmaUpdate(self.ema.get_parameters(), net.get_parameters()))
-            self.infer_ema = compiled(self.ema)
+            self.infer_ema = compiled(Infer(self.ema, normalize))
         if self.amp:
             # mindcv's O2: the network in float16 but its BatchNorm cells (MindSpore's black list).
             net = ms.amp.auto_mixed_precision(net, recipe.amp.level)
@@ -283,16 +310,16 @@ class Adapter:
         scale = recipe.amp.loss_scale if self.amp else 1.0
         self.accumulation = recipe.grad.accumulation
         weights = self.optimizer.parameters
-        self.gradients = compiled(Gradients(net, loss_fn, weights, scale).set_train(True))
+        self.gradients = compiled(Gradients(net, loss_fn, weights, scale, normalize).set_train(True))
         self.prepare = compiled(Prepare(weights, scale * self.accumulation, world.distributed, world.size))
         self.apply = compiled(Apply(self.optimizer, recipe.grad.clip_norm))
         # Without AMP no update is ever dropped, so nothing needs the gradients' finiteness on the host.
         self.fused = None
         if self.accumulation == 1 and not self.amp:
-            self.fused = compiled(TrainStep(Gradients(net, loss_fn, weights, scale).set_train(True),
+            self.fused = compiled(TrainStep(Gradients(net, loss_fn, weights, scale, normalize).set_train(True),
                                           Prepare(weights, scale, world.distributed, world.size),
                                           Apply(self.optimizer, recipe.grad.clip_norm)))
-        self.infer = compiled(net)
+        self.infer = compiled(Infer(net, normalize))
 
     def set_train(self, mode):
         self.model.set_train(mode)

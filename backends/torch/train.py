@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from sknet.atomic import atomic_write
+from sknet.data import step_normalization
 from sknet.formats.torch import save
 from sknet.recipe import backend_device
 from sknet.schedule import param_groups
@@ -138,6 +139,10 @@ class Adapter:
         self.scaler = (torch.amp.GradScaler(world.device.type, init_scale=recipe.amp.loss_scale)
                        if self.amp and recipe.amp.dtype == "fp16" else None)
         self.accumulation, self.clip = recipe.grad.accumulation, recipe.grad.clip_norm
+        mean, std = step_normalization(recipe, spec)
+        self.mean = torch.from_numpy(mean).reshape(1, -1, 1, 1).to(world.device)
+        self.std = torch.from_numpy(std).reshape(1, -1, 1, 1).to(world.device)
+        self.scale = torch.tensor(1 / 255, dtype=torch.float32, device=world.device)
         if recipe.ema.enabled:
             self.ema = copy.deepcopy(self.model).requires_grad_(False).train(False)
             pairs = list(zip(self.ema.state_dict().values(), self.model.state_dict().values()))
@@ -158,12 +163,20 @@ class Adapter:
     def set_train(self, mode):
         self.model.train(mode)
 
+    def _images(self, x):
+        """A numpy batch on the device; uint8 ones (sknet.data's) normalised there, as
+        ``sknet.data.normalize_batch`` does: the same float32 operations, the same values."""
+        t = torch.from_numpy(x).to(self.world.device, non_blocking=True)
+        if t.dtype != torch.uint8:
+            return t
+        return t.to(torch.float32).mul_(self.scale).sub_(self.mean).div_(self.std)
+
     def step(self, x, y, lr):
         """One optimizer step over ``grad.accumulation`` equal micro-batches of ``x``; their mean loss."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         dev = self.world.device
-        x, y = torch.from_numpy(x).to(dev, non_blocking=True), torch.from_numpy(y).to(dev, non_blocking=True)
+        x, y = self._images(x), torch.from_numpy(y).to(dev, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for i, (xs, ys) in enumerate(zip(x.chunk(self.accumulation), y.chunk(self.accumulation))):
@@ -200,7 +213,7 @@ class Adapter:
     def logits(self, x, ema=False):
         with torch.no_grad():
             model = self.ema if ema else self.model
-            return model(torch.from_numpy(x).to(self.world.device)).float().cpu().numpy()
+            return model(self._images(x)).float().cpu().numpy()
 
     def batches(self, dataset, index_lists, epoch, workers):
         # batch_size=None: the source yields ready batches in order, so workers cannot reorder them.

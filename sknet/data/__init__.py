@@ -1,7 +1,8 @@
 """One image pipeline for every backend: datasets, transforms and per-worker sharding.
 
 ``build_dataset(recipe, spec, split)`` gives an indexable dataset of
-(float32 CHW image, int label). What an item looks like depends only on
+(float32 CHW image, int label); the trainers take uint8 batches (``u8=True``) and
+normalise in the step (``step_normalization``). What an item looks like depends only on
 (recipe seed, epoch, index), so PyTorch DataLoader workers and MindSpore
 GeneratorDataset workers produce identical batches. The dataset holds plain data
 and is picklable for loader worker processes.
@@ -12,10 +13,10 @@ from ..errors import SpecError
 from .folder import Encoded, decode, scan
 from .idx import FASHION_MNIST_CLASSES, DatasetError, load_split
 from .sampler import epoch_batches, epoch_order, shard_indices, steps_per_epoch
-from .transforms import EvalTransform, TrainTransform, item_rng
+from .transforms import EvalTransform, TrainTransform, item_rng, normalize_batch
 
 __all__ = ["Dataset", "DatasetError", "build_dataset", "build_transform", "epoch_batches",
-           "epoch_order", "shard_indices", "steps_per_epoch"]
+           "epoch_order", "normalize_batch", "shard_indices", "step_normalization", "steps_per_epoch"]
 
 
 class Dataset:
@@ -54,21 +55,23 @@ class Dataset:
         """What the transform starts from: an in-memory image, or a file decoded once the crop is known."""
         return Encoded(self.paths[index], self.channels) if self.paths is not None else self.raw(index)
 
-    def item(self, index, epoch):
-        """(float32 CHW image, int label) of ``index`` as augmented in ``epoch``."""
+    def item(self, index, epoch, u8=False):
+        """(float32 CHW image, int label) of ``index`` as augmented in ``epoch``; with ``u8``, where
+        the transform allows it (no random erasing), the uint8 CHW image before normalisation."""
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
-        x = self.transform(self.source(index), item_rng(self.seed, epoch, index))
+        x = self.transform(self.source(index), item_rng(self.seed, epoch, index), u8=u8)
         return x, int(self.labels[index])
 
     def __getitem__(self, index):
         return self.item(index, self.epoch)
 
-    def batch(self, indices, epoch=None):
-        """Stacked (float32 NCHW, int64 N) for ``indices``; the same values as item-by-item."""
+    def batch(self, indices, epoch=None, u8=False):
+        """Stacked (float32 NCHW, int64 N) for ``indices``; the same values as item-by-item. With
+        ``u8``, uint8 NCHW where the transform allows it: ``normalize_batch`` of it is the float32 batch."""
         epoch = self.epoch if epoch is None else epoch
-        items = [self.item(i, epoch) for i in indices]
+        items = [self.item(i, epoch, u8) for i in indices]
         return np.stack([x for x, _ in items]), np.array([y for _, y in items], np.int64)
 
     def subset(self, n):
@@ -86,6 +89,14 @@ def input_settings(recipe, spec):
     pick = lambda value, default: default if value is None else value  # noqa: E731
     return (pick(d.size, inp.size), pick(d.crop_pct, inp.crop_pct), pick(d.interpolation, inp.interpolation),
             tuple(pick(d.mean, inp.mean)), tuple(pick(d.std, inp.std)))
+
+
+def step_normalization(recipe, spec):
+    """(mean, std), float32, per channel of the batches' order: what a train step applies to the
+    uint8 batches of ``Dataset.batch(..., u8=True)`` as ``normalize_batch`` does (BGR models'
+    batches come channel-reversed, and their mean and std are in BGR order already)."""
+    _, _, _, mean, std = input_settings(recipe, spec)
+    return np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
 
 def build_transform(recipe, spec, train):

@@ -142,7 +142,8 @@ done:
     return out;
 }
 
-/* Colour jitter and normalisation of a uint8 HWC image in one pass each, to float32 CHW.
+/* Colour jitter and normalisation of a uint8 HWC image in one pass each, to float32 CHW
+ * (or, given a uint8 out, to uint8 CHW for a step that normalises: no normalisation here).
  *
  * The same arithmetic as sknet/data/transforms.py's PIL path, so the same values:
  * brightness and contrast are per-level tables rounded half to even (np.rint) of float32
@@ -176,7 +177,8 @@ static PyObject *finish(PyObject *self, PyObject *args) {
         return NULL;
     if ((channels != 1 && channels != 3) || data.len != pixels * channels || factors.len != 3 * (Py_ssize_t)sizeof(float) ||
         mean.len != channels * (Py_ssize_t)sizeof(float) || std.len != channels * (Py_ssize_t)sizeof(float) ||
-        out.len != pixels * channels * (Py_ssize_t)sizeof(float) || order.len > 3) {
+        (out.len != pixels * channels * (Py_ssize_t)sizeof(float) && out.len != pixels * channels) ||
+        order.len > 3) {
         PyBuffer_Release(&data); PyBuffer_Release(&order); PyBuffer_Release(&factors);
         PyBuffer_Release(&mean); PyBuffer_Release(&std); PyBuffer_Release(&out);
         PyErr_SetString(PyExc_ValueError, "finish: buffer sizes do not match pixels x channels");
@@ -227,7 +229,15 @@ static PyObject *finish(PyObject *self, PyObject *args) {
             }
         }
     }
-    {
+    if (out.len == pixels * channels) {                     /* uint8 CHW: the step normalises */
+        unsigned char *o = (unsigned char *)out.buf;
+        for (c = 0; c < channels; c++) {
+            int src = bgr && channels == 3 ? channels - 1 - c : c;
+            unsigned char *oc = o + (size_t)c * n;
+            const unsigned char *q = px + src;
+            for (i = 0; i < n; i++) oc[i] = q[i * channels];
+        }
+    } else {
         const float *mu = (const float *)mean.buf, *sd = (const float *)std.buf;
         float *o = (float *)out.buf;
         const float scale = (float)(1.0 / 255.0);
@@ -257,7 +267,7 @@ static PyMethodDef methods[] = {
     {"header", header, METH_VARARGS, "(width, height, components) of a JPEG's header."},
     {"region", region, METH_VARARGS, "region(data, denom, top, left, height, width, channels) -> bytes"},
     {"finish", finish, METH_VARARGS,
-     "finish(data, pixels, channels, order, factors, mean, std, bgr, out): jitter + normalise into out"},
+     "finish(data, pixels, channels, order, factors, mean, std, bgr, out): jitter + normalise into out (float32), or jitter alone (uint8 out)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -5,7 +5,9 @@ the dataset makes one per (seed, epoch, image index), so an image gets the same 
 flip, jitter and erasing on PyTorch and MindSpore, under any number of workers, and
 after a resume. Images travel as uint8 HWC arrays (or, from files, as ``Encoded``
 images not decoded until the crop is known) until ``normalize`` turns them into float32
-CHW, or ``to_chw`` into uint8 CHW for a step that normalises on the device.
+CHW, or ``to_chw`` into uint8 CHW for a train step that normalises (``normalize_batch``
+is the reference it matches bit for bit): a quarter of the bytes to write, stack and
+hand from loader workers to the step.
 """
 import math
 
@@ -235,6 +237,26 @@ def normalize_u8(img, mean, std, bgr=False):
     return out
 
 
+def to_chw(img, bgr=False):
+    """uint8 CHW of a uint8 HWC array or a PIL image (channels reversed with ``bgr``): what
+    ``normalize_u8`` starts from, left for the train step to normalise (``normalize_batch``)."""
+    arr = _array(img, 1 if img.mode == "L" else 3) if isinstance(img, Image.Image) else img
+    if bgr and arr.shape[2] == 3:
+        arr = arr[:, :, ::-1]
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def normalize_batch(x, mean, std):
+    """``normalize`` of a uint8 NCHW batch from ``to_chw``: the same float32 operations, the same values.
+
+    The reference for the backends' in-step normalisation (``sknet.data.step_normalization``).
+    """
+    x = x.astype(np.float32) * np.float32(1 / 255)
+    x -= np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+    x /= np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+    return x
+
+
 def random_erasing(x, rng, p, mode="const", scale=(0.02, 1 / 3), ratio=(0.3, 3.3)):
     """With probability ``p`` erase one random rectangle of a normalised CHW image (Zhong et al.).
 
@@ -300,9 +322,16 @@ class TrainTransform:
         self.interpolation, self.hflip, self.color_jitter = interpolation, hflip, color_jitter
         self.re_prob, self.re_mode, self.crop_pct = re_prob, re_mode, crop_pct
 
-    def __call__(self, img, rng):
+    @property
+    def defers_normalization(self):
+        """Whether ``u8=True`` is honoured: random erasing works on normalised values, so not with it."""
+        return self.re_prob <= 0
+
+    def __call__(self, img, rng, u8=False):
+        """float32 CHW, normalised; or, with ``u8`` and no random erasing, uint8 CHW for the step to normalise."""
+        u8 = u8 and self.defers_normalization
         if self.crop == "random_resized" and isinstance(img, Encoded):
-            return self._from_file(img, rng)
+            return self._from_file(img, rng, u8)
         if self.crop == "random_resized":
             img = random_resized_crop(img, rng, self.size, self.scale, self.ratio, self.interpolation)
         elif self.crop == "pad":
@@ -312,10 +341,12 @@ class TrainTransform:
         img = hflip(img, rng, self.hflip)
         if self.color_jitter > 0:
             img = color_jitter_u8(img, rng, self.color_jitter)
+        if u8:
+            return to_chw(img, self.bgr)
         x = normalize_u8(img, self.mean, self.std, self.bgr)
         return random_erasing(x, rng, self.re_prob, self.re_mode)
 
-    def _from_file(self, enc, rng):
+    def _from_file(self, enc, rng, u8):
         """The same steps and draws, on a PIL image from decode to normalisation (no array copies between)."""
         box = random_resized_crop_box(enc.shape[0], enc.shape[1], rng, self.scale, self.ratio)
         pil = enc.image(box, self.size, self.size, RESAMPLE[self.interpolation])
@@ -326,15 +357,17 @@ class TrainTransform:
             # The C extension's one pass: the same jitter and normalisation arithmetic as below.
             factors, order = jitter_draws(rng, self.color_jitter) if self.color_jitter > 0 else ([1.0] * 3, [])
             channels = len(pil.getbands())
-            x = np.empty((channels, pil.height, pil.width), np.float32)
+            x = np.empty((channels, pil.height, pil.width), np.uint8 if u8 else np.float32)
             fast.finish(pil.tobytes(), pil.width * pil.height, channels, bytes(int(k) for k in order),
                         np.asarray(factors, np.float32).tobytes(), np.asarray(self.mean, np.float32).tobytes(),
                         np.asarray(self.std, np.float32).tobytes(), bool(self.bgr), x)
         else:
             if self.color_jitter > 0:
                 pil = color_jitter_pil(pil, rng, self.color_jitter)
+            if u8:
+                return to_chw(pil, self.bgr)
             x = normalize_u8(pil, self.mean, self.std, self.bgr)
-        return random_erasing(x, rng, self.re_prob, self.re_mode)
+        return x if u8 else random_erasing(x, rng, self.re_prob, self.re_mode)
 
 
 class EvalTransform:
@@ -348,5 +381,8 @@ class EvalTransform:
         img = resize_short(img, eval_resize(self.size, self.crop_pct), self.interpolation)
         return center_crop(img, self.size)
 
-    def __call__(self, img, rng=None):
-        return normalize_u8(self.crop(img), self.mean, self.std, self.bgr)
+    defers_normalization = True
+
+    def __call__(self, img, rng=None, u8=False):
+        img = self.crop(img)
+        return to_chw(img, self.bgr) if u8 else normalize_u8(img, self.mean, self.std, self.bgr)
