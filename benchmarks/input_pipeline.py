@@ -8,8 +8,9 @@ One folder (the foolbox ImageNet photos, plus scikit-image's if installed, resiz
 0.08-1, ratio 3/4-4/3), horizontal flip 0.5, colour jitter 0.4 (brightness, contrast,
 saturation) and ImageNet normalisation. Each pipeline runs in its own process pinned to
 as many cores as it has workers (``taskset``; every library held to one thread per
-core), so figures are images/s per core. "sknet" is the trainers' path (float32 NCHW
-batches from sknet.data through the PyTorch adapter's DataLoader), decoding JPEGs through
+core), so figures are images/s per core. "sknet" is the trainers' path (uint8 NCHW batches
+from sknet.data through the PyTorch adapter's DataLoader, normalised to float32 as the train
+step does, in the consuming process), decoding JPEGs through
 the ``sknet.data._jpeg`` extension where it is built; "sknet-pil" is the same pipeline with
 PIL decoding (the fallback, same pixels). All give normalised float32 CHW batches.
 """
@@ -134,7 +135,13 @@ def run_sknet(args, workers, decoder="auto"):
     loader = torch.utils.data.DataLoader(BatchSource(ds, order, 0), batch_size=None, shuffle=False,
                                          num_workers=workers if workers > 1 else 0,
                                          multiprocessing_context="fork" if workers > 1 else None)
-    return pass_times((x for x, _ in loader if x.dtype == torch.float32), len(per_pass), args.passes)
+    # The loader gives uint8 batches; the train step normalises them (backends/torch/train.py),
+    # here in the consuming process, so its cost counts.
+    mean = torch.tensor(MEAN, dtype=torch.float32).reshape(1, -1, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float32).reshape(1, -1, 1, 1)
+    scale = torch.tensor(1 / 255, dtype=torch.float32)
+    batches = (x.to(torch.float32).mul_(scale).sub_(mean).div_(std) for x, _ in loader)
+    return pass_times(batches, len(per_pass), args.passes)
 
 
 def run_mindspore(args, workers):
@@ -239,7 +246,7 @@ def stage_times(args):
     mean32, std32 = np.asarray(MEAN, np.float32).tobytes(), np.asarray(STD, np.float32).tobytes()
 
     def sknet_pass(epoch):
-        last = ("jitter + normalise (C)", "append") if F._jpeg is not None else ("jitter", "normalise")
+        last = ("jitter (C)", "append") if F._jpeg is not None else ("jitter", "to CHW")
         acc = dict.fromkeys(("read + header", "region decode", "resize", "flip") + last, 0.0)
         items = []
         for i, path in enumerate(paths):
@@ -260,22 +267,26 @@ def stage_times(args):
             t4 = time.perf_counter()
             if F._jpeg is not None:        # one C pass (what TrainTransform runs with the extension)
                 factors, order = T.jitter_draws(rng, JITTER)
-                x = np.empty((3, size, size), np.float32)
+                x = np.empty((3, size, size), np.uint8)     # the loaders' uint8: the step normalises
                 F._jpeg.finish(pil.tobytes(), size * size, 3, bytes(int(k) for k in order),
                                np.asarray(factors, np.float32).tobytes(), mean32, std32, False, x)
                 t5 = time.perf_counter()
             else:
                 pil = T.color_jitter_pil(pil, rng, JITTER)
                 t5 = time.perf_counter()
-                x = T.normalize_u8(pil, MEAN, STD)
+                x = T.to_chw(pil)
             items.append(x)
             t6 = time.perf_counter()
             for key, a, b in zip(acc, (t0, t1, t2, t3, t4, t5), (t1, t2, t3, t4, t5, t6)):
                 acc[key] += b - a
+        batches = n // args.batch * args.batch
         t0 = time.perf_counter()
-        for k in range(0, n - args.batch + 1, args.batch):
-            np.stack(items[k:k + args.batch])
-        acc["collate"] = (time.perf_counter() - t0) * n / (n // args.batch * args.batch)
+        stacked = [np.stack(items[k:k + args.batch]) for k in range(0, batches, args.batch)]
+        acc["collate"] = (time.perf_counter() - t0) * n / batches
+        t0 = time.perf_counter()
+        for x in stacked:
+            T.normalize_batch(x, MEAN, STD)
+        acc["normalise (the step's)"] = (time.perf_counter() - t0) * n / batches
         return acc
 
     def mindspore_pass(epoch):
