@@ -162,9 +162,38 @@ static inline unsigned char clip_level(float v) {
     return v <= 0.0f ? 0 : v >= 255.0f ? 255 : (unsigned char)v;
 }
 
-static void apply_table(unsigned char *px, size_t n, const unsigned char *table) {
+/* The image after the adjustments so far, without writing it: every value goes through the
+ * table `pre`; after saturation (once it ran) each pixel is blended with its grey in `blend`
+ * and goes through `post`. Brightness and contrast are per-level tables, so each composes
+ * into `pre` (before saturation) or `post` (after it); only contrast needs the image itself,
+ * for its grey mean. */
+typedef struct {
+    unsigned char pre[256], post[256];
+    unsigned char *blend;     /* 256 x 256: [grey][level], or NULL before saturation */
+} chain_t;
+
+static inline void chain_pixel(const chain_t *ch, const unsigned char *p, unsigned char *v) {
+    v[0] = ch->pre[p[0]]; v[1] = ch->pre[p[1]]; v[2] = ch->pre[p[2]];
+    if (ch->blend != NULL) {
+        const unsigned char *row = ch->blend + 256 * grey_level(v);
+        v[0] = ch->post[row[v[0]]]; v[1] = ch->post[row[v[1]]]; v[2] = ch->post[row[v[2]]];
+    }
+}
+
+static void compose(chain_t *ch, const unsigned char *table) {
+    unsigned char *lut = ch->blend != NULL ? ch->post : ch->pre;
+    for (int v = 0; v < 256; v++) lut[v] = table[lut[v]];
+}
+
+static float grey_mean(const chain_t *ch, const unsigned char *px, size_t n, int channels) {
+    unsigned long long sum = 0;
     size_t i;
-    for (i = 0; i < n; i++) px[i] = table[px[i]];
+    unsigned char v[3];
+    if (channels == 3)
+        for (i = 0; i < n; i++) { chain_pixel(ch, px + 3 * i, v); sum += (unsigned long long)grey_level(v); }
+    else
+        for (i = 0; i < n; i++) sum += ch->pre[px[i]];
+    return (float)((double)sum / (double)n);
 }
 
 /* finish(data, pixels, channels, order, factors, mean, std, bgr, out) */
@@ -175,91 +204,97 @@ static PyObject *finish(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*niy*y*y*y*pw*", &data, &pixels, &channels, &order, &factors, &mean, &std,
                           &bgr, &out))
         return NULL;
-    if ((channels != 1 && channels != 3) || data.len != pixels * channels || factors.len != 3 * (Py_ssize_t)sizeof(float) ||
-        mean.len != channels * (Py_ssize_t)sizeof(float) || std.len != channels * (Py_ssize_t)sizeof(float) ||
-        (out.len != pixels * channels * (Py_ssize_t)sizeof(float) && out.len != pixels * channels) ||
-        order.len > 3) {
+    int u8 = out.len == pixels * channels;
+    int failed = (channels != 1 && channels != 3) || data.len != pixels * channels ||
+        factors.len != 3 * (Py_ssize_t)sizeof(float) || mean.len != channels * (Py_ssize_t)sizeof(float) ||
+        std.len != channels * (Py_ssize_t)sizeof(float) ||
+        (!u8 && out.len != pixels * channels * (Py_ssize_t)sizeof(float)) || order.len > 3;
+    if (failed) {
         PyBuffer_Release(&data); PyBuffer_Release(&order); PyBuffer_Release(&factors);
         PyBuffer_Release(&mean); PyBuffer_Release(&std); PyBuffer_Release(&out);
         PyErr_SetString(PyExc_ValueError, "finish: buffer sizes do not match pixels x channels");
         return NULL;
     }
-    unsigned char *px = (unsigned char *)malloc((size_t)data.len);
-    if (px == NULL) {
-        PyBuffer_Release(&data); PyBuffer_Release(&order); PyBuffer_Release(&factors);
-        PyBuffer_Release(&mean); PyBuffer_Release(&std); PyBuffer_Release(&out);
-        return PyErr_NoMemory();
-    }
-    memcpy(px, data.buf, (size_t)data.len);
     Py_BEGIN_ALLOW_THREADS
     const float *f = (const float *)factors.buf;
     const unsigned char *ops = (const unsigned char *)order.buf;
+    const unsigned char *px = (const unsigned char *)data.buf;
     size_t n = (size_t)pixels, i;
     unsigned char table[256];
-    Py_ssize_t k;
+    chain_t ch;
     int v, c;
-    for (k = 0; k < order.len; k++) {
+    for (v = 0; v < 256; v++) ch.pre[v] = ch.post[v] = (unsigned char)v;
+    ch.blend = NULL;
+    for (Py_ssize_t k = 0; k < order.len && !failed; k++) {
         float fk = f[ops[k]];
         if (ops[k] == 0) {                                  /* brightness */
             for (v = 0; v < 256; v++) table[v] = clip_level((float)v * fk);
-            apply_table(px, n * channels, table);
+            compose(&ch, table);
         } else if (ops[k] == 1) {                           /* contrast */
-            unsigned long long sum = 0;
-            if (channels == 3) for (i = 0; i < n; i++) sum += (unsigned long long)grey_level(px + 3 * i);
-            else for (i = 0; i < n; i++) sum += px[i];
-            float m = (float)((double)sum / (double)n);
+            float m = grey_mean(&ch, px, n, channels);
             float w = 1.0f - fk;
             for (v = 0; v < 256; v++) {
                 float a = (float)v * fk;
                 float b = w * m;
                 table[v] = clip_level(a + b);
             }
-            apply_table(px, n * channels, table);
+            compose(&ch, table);
         } else if (channels == 3 && fk != 1.0f) {          /* saturation: PIL's blend(grey, image, f) */
+            /* A level's blend with its pixel's grey depends on the two levels only: one table of
+             * 65536 evaluations of the same float expression instead of one per value. */
+            ch.blend = (unsigned char *)malloc(256 * 256);
+            if (ch.blend == NULL) { failed = 1; break; }
             int inside = fk >= 0.0f && fk <= 1.0f;
-            for (i = 0; i < n; i++) {
-                unsigned char *p = px + 3 * i;
-                int g = grey_level(p);
-                if (fk == 0.0f) { p[0] = p[1] = p[2] = (unsigned char)g; continue; }
-                for (c = 0; c < 3; c++) {
-                    float t = (float)g + fk * (float)((int)p[c] - g);
-                    if (inside) p[c] = (unsigned char)t;
-                    else p[c] = t <= 0.0f ? 0 : t >= 255.0f ? 255 : (unsigned char)t;
+            for (int g = 0; g < 256; g++)
+                for (v = 0; v < 256; v++) {
+                    float t = (float)g + fk * (float)(v - g);
+                    unsigned char *e = ch.blend + g * 256 + v;
+                    if (fk == 0.0f) *e = (unsigned char)g;
+                    else if (inside) *e = (unsigned char)t;
+                    else *e = t <= 0.0f ? 0 : t >= 255.0f ? 255 : (unsigned char)t;
                 }
-            }
         }
     }
-    if (out.len == pixels * channels) {                     /* uint8 CHW: the step normalises */
-        unsigned char *o = (unsigned char *)out.buf;
-        for (c = 0; c < channels; c++) {
-            int src = bgr && channels == 3 ? channels - 1 - c : c;
-            unsigned char *oc = o + (size_t)c * n;
-            const unsigned char *q = px + src;
-            for (i = 0; i < n; i++) oc[i] = q[i * channels];
-        }
-    } else {
-        const float *mu = (const float *)mean.buf, *sd = (const float *)std.buf;
-        float *o = (float *)out.buf;
-        const float scale = (float)(1.0 / 255.0);
+    if (!failed) {
+        /* One pass: each pixel through the chain, each channel to its CHW plane (reversed for BGR),
+         * as uint8 for a step that normalises, or through per-level normalisation tables. */
+        int src[3] = {0, 1, 2};
+        if (bgr && channels == 3) { src[0] = 2; src[2] = 0; }
         float levels[3][256];
-        for (c = 0; c < channels; c++)
-            for (v = 0; v < 256; v++) {
-                float x = (float)v * scale;
-                x = x - mu[c];
-                levels[c][v] = x / sd[c];
+        if (!u8) {
+            const float *mu = (const float *)mean.buf, *sd = (const float *)std.buf;
+            const float scale = (float)(1.0 / 255.0);
+            for (c = 0; c < channels; c++)
+                for (v = 0; v < 256; v++) {
+                    float x = (float)v * scale;
+                    x = x - mu[c];
+                    levels[c][v] = x / sd[c];
+                }
+        }
+        if (channels == 1) {
+            if (u8) { unsigned char *o = (unsigned char *)out.buf; for (i = 0; i < n; i++) o[i] = ch.pre[px[i]]; }
+            else { float *o = (float *)out.buf; for (i = 0; i < n; i++) o[i] = levels[0][ch.pre[px[i]]]; }
+        } else if (u8) {
+            unsigned char *o0 = (unsigned char *)out.buf, *o1 = o0 + n, *o2 = o1 + n;
+            unsigned char val[3];
+            for (i = 0; i < n; i++) {
+                chain_pixel(&ch, px + 3 * i, val);
+                o0[i] = val[src[0]]; o1[i] = val[src[1]]; o2[i] = val[src[2]];
             }
-        for (c = 0; c < channels; c++) {
-            int src = bgr && channels == 3 ? channels - 1 - c : c;
-            const float *t = levels[c];
-            float *oc = o + (size_t)c * n;
-            const unsigned char *q = px + src;
-            for (i = 0; i < n; i++) oc[i] = t[q[i * channels]];
+        } else {
+            float *o0 = (float *)out.buf, *o1 = o0 + n, *o2 = o1 + n;
+            unsigned char val[3];
+            for (i = 0; i < n; i++) {
+                chain_pixel(&ch, px + 3 * i, val);
+                o0[i] = levels[0][val[src[0]]]; o1[i] = levels[1][val[src[1]]]; o2[i] = levels[2][val[src[2]]];
+            }
         }
     }
+    free(ch.blend);
     Py_END_ALLOW_THREADS
-    free(px);
     PyBuffer_Release(&data); PyBuffer_Release(&order); PyBuffer_Release(&factors);
     PyBuffer_Release(&mean); PyBuffer_Release(&std); PyBuffer_Release(&out);
+    if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
