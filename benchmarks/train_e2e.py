@@ -1,9 +1,9 @@
 """End-to-end training throughput, data loading included: our trainers beside timm's and mindcv's.
 
     python benchmarks/train_e2e.py --timm-python /work/benchenv/timm/bin/python \\
-        --mindcv-python /work/benchenv/mindcv/bin/python            # both settings, all four
+        --mindcv-python /work/benchenv/mindcv/bin/python --repeat 3  # both settings, all four
     python benchmarks/train_e2e.py --settings fmnist --impls sknet-torch --steps 2 --warmup 1 \\
-        --batch 4 --images 8                                         # smoke, ours only
+        --batch 4                                                    # smoke, ours only
 
 Each implementation trains in a fresh process of its own environment, on the same folder,
 model, batch, threads, loader workers and augmentations, for ``--warmup`` untimed and then
@@ -52,7 +52,7 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LR, MOMENTUM, WEIGHT_DECAY, SMOOTHING = 0.1, 0.9, 1e-4, 0.1
 # size, batch, augmentation (None: the eval resize only), our MindSpore spec (mindcv's layout)
 SETTINGS = {
-    "imagenet": dict(size=224, batch=16, steps=8, augment=dict(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+    "imagenet": dict(size=224, batch=16, steps=16, augment=dict(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                                                                 hflip=0.5, jitter=0.4)),
     "fmnist": dict(size=28, batch=128, steps=20, augment=None),
 }
@@ -73,6 +73,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=1, help="loader worker processes (threads in mindcv's)")
     p.add_argument("--timm-python", help="python of an environment with timm (docs/performance.md)")
     p.add_argument("--mindcv-python", help="python of an environment with mindcv")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each implementation, interleaved; the "
+                   "median is shown, with the range")
     p.add_argument("--json", help="also write the figures here")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
@@ -322,6 +324,14 @@ def versions():
     return out
 
 
+def median_run(runs):
+    """The run of median rate (the lower middle one of an even count); a failed run if any failed."""
+    failed = [r for r in runs if r[0] is None]
+    if failed:
+        return failed[0]
+    return sorted(runs, key=lambda r: r[0])[(len(runs) - 1) // 2]
+
+
 def run_setting(args, setting):
     s = SETTINGS[setting]
     batch, steps = args.batch or s["batch"], args.steps or s["steps"]
@@ -330,14 +340,20 @@ def run_setting(args, setting):
     tmp = tempfile.mkdtemp(prefix=f"sknet-e2e-{setting}-")
     try:
         folder = build_folder(setting, tmp, images)
-        results = {impl: measure(sub, setting, folder, impl) for impl in args.impls}
+        # Interleaved (A B A B ...), so a slow spell of the machine falls on every implementation.
+        runs = {impl: [] for impl in args.impls}
+        for _ in range(args.repeat):
+            for impl in args.impls:
+                runs[impl].append(measure(sub, setting, folder, impl))
+        results = {impl: median_run(r) for impl, r in runs.items()}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     aug = "RandomResizedCrop bicubic 0.08-1, flip 0.5, jitter 0.4" if s["augment"] else "no augmentation"
     print(f"\n## {setting}: {args.model}, {s['size']} px, batch {batch}, {args.warmup} + {steps} steps, "
           f"{images} images, {args.threads} threads, {args.workers} loader worker(s), {aug}")
     peers = [p for p in PEER_OF if p in args.impls]
-    print("| implementation | images/s | " + " | ".join(f"ours vs {p}" for p in peers) + " | versions |")
+    rate_head = "images/s" if args.repeat == 1 else f"images/s, median of {args.repeat} (range)"
+    print(f"| implementation | {rate_head} | " + " | ".join(f"ours vs {p}" for p in peers) + " | versions |")
     print("|---" * (3 + len(peers)) + "|")
     rows = []
     for impl, (rate, info) in results.items():
@@ -345,10 +361,11 @@ def run_setting(args, setting):
         for p in peers:
             theirs = results[p][0]
             cells.append(f"{rate / theirs:.2f}x" if impl == PEER_OF[p] and rate and theirs else "")
-        shown = "failed" if rate is None else f"{rate:.1f}"
+        rates = sorted(r for r, _ in runs[impl] if r is not None)
+        shown = "failed" if rate is None else f"{rate:.1f}" + (f" ({rates[0]:.1f}-{rates[-1]:.1f})" if len(rates) > 1 else "")
         detail = info if rate is None else ", ".join(f"{k} {v}" for k, v in info.items() if k != "python")
         print(f"| {impl} | {shown} | " + " | ".join(cells) + f" | {detail} |")
-        rows.append(dict(setting=setting, impl=impl, images_per_s=rate, batch=batch, steps=steps,
+        rows.append(dict(setting=setting, impl=impl, images_per_s=rate, runs=rates, batch=batch, steps=steps,
                          size=s["size"], **({"error": info} if rate is None else {"versions": info})))
     return rows
 
