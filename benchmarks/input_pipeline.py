@@ -1,6 +1,6 @@
 """Training input pipelines side by side: sknet.data, mindspore.dataset's C++ ops, plain PIL.
 
-    python benchmarks/input_pipeline.py                       # 200 images, best of 3, 1 and 2 workers
+    python benchmarks/input_pipeline.py --repeat 3            # 200 images, best of 3, 1 and 2 workers
     python benchmarks/input_pipeline.py --images 16 --passes 1 --workers 1 --size 64   # smoke
 
 One folder (the foolbox ImageNet photos, plus scikit-image's if installed, resized to
@@ -36,6 +36,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=200, help="images per pass")
     p.add_argument("--passes", type=int, default=3, help="timed passes; the best counts")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each pipeline, interleaved; the median counts")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (cores) to time")
@@ -393,6 +394,13 @@ def versions():
     return out
 
 
+def median_rate(rates):
+    """The median (lower middle) of a pipeline's runs; None if any failed."""
+    if any(r is None for r in rates):
+        return None
+    return sorted(rates)[(len(rates) - 1) // 2]
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.child:
@@ -407,12 +415,21 @@ def main(argv=None):
     try:
         if args.stages:
             return print_stages(args)
-        rows = {name: {w: measure(args, name, w, images) for w in args.workers} for name in args.pipelines}
+        # --repeat: every pipeline's process again, interleaved (a slow spell falls on all of
+        # them); the median per pipeline and worker count. Run to run, one process's figure
+        # moved by up to 25 % on this shared machine.
+        runs = {name: {w: [] for w in args.workers} for name in args.pipelines}
+        for _ in range(args.repeat):
+            for name in args.pipelines:
+                for w in args.workers:
+                    runs[name][w].append(measure(args, name, w, images))
+        rows = {name: {w: median_rate(r) for w, r in by_w.items()} for name, by_w in runs.items()}
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# {images} images/pass, best of {args.passes}, {args.size} px, batch {args.batch}, "
+    repeat = f", median of {args.repeat} interleaved runs" if args.repeat > 1 else ""
+    print(f"# {images} images/pass, best of {args.passes}{repeat}, {args.size} px, batch {args.batch}, "
           f"load average {load:.2f} on {os.cpu_count()} cores; " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     ref = rows.get("mindspore", {})
     head = "| pipeline | " + " | ".join(f"{w} worker(s): img/s per core | vs mindspore" for w in args.workers)
@@ -430,7 +447,8 @@ def main(argv=None):
         print(f"| {name} | " + " | ".join(cells) + " |")
     if args.json:
         report = {"images": images, "passes": args.passes, "size": args.size, "batch": args.batch,
-                  "load": load, "versions": versions(),
+                  "load": load, "versions": versions(), "repeat": args.repeat,
+                  "runs": {n: {str(w): r for w, r in by_w.items()} for n, by_w in runs.items()},
                   "rows": [{"pipeline": n, "workers": w, "per_core": v} for n, by_w in rows.items()
                            for w, v in by_w.items()]}
         from sknet.atomic import atomic_write
