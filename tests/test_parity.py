@@ -342,3 +342,15 @@ def test_recomputed_float64_pass_gives_the_same_gradients_and_choices(torch):
         assert len(calls) == len(low_choices[path]) == 1
         if path != "maxpool":
             np.testing.assert_array_equal(calls[0].unpack(), low_choices[path][0].unpack())
+
+
+def test_isolated_checks_give_the_in_process_rows():
+    """Each check in a spawned process of its own (``sknet parity`` from 128 px, where MindSpore's
+    kept memory pool would otherwise add up across checks): the same rows, number for number.
+    Both runs in fresh processes, so both import MindSpore with the backend's oneDNN setting."""
+    args = ("sknet_small", "--checks", "eval,grad", "--batch", "4", "--size", "16")
+    rc_apart, apart = parity_json(*args, "--isolate", "on")
+    rc_here, here = parity_json(*args, "--isolate", "off")
+    assert rc_apart == rc_here == 0 and list(apart) == list(here) == ["eval", "grad", "grad.unpinned"]
+    for name in here:
+        assert (apart[name]["max_abs"], apart[name]["max_rel"]) == (here[name]["max_abs"], here[name]["max_rel"]), name

@@ -47,6 +47,9 @@ def add_arguments(p):
     p.add_argument("--floor", action="store_true",
                    help="also measure PyTorch fp32 against PyTorch fp64 on each check (the conditioning)")
     p.add_argument("--layers", action="store_true", help="per-layer divergence report")
+    p.add_argument("--isolate", choices=["auto", "on", "off"], default="auto",
+                   help="each check in a process of its own, which bounds the peak memory to the largest "
+                        "check's (MindSpore keeps its CPU memory pool); auto: from 128 px (default: auto)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -78,7 +81,7 @@ def run(args):
                        residual_gamma=args.residual_gamma, drop_path_rate=args.drop_path_rate,
                        steps_per_epoch=args.steps_per_epoch, steps_size=args.steps_size,
                        torch_fast=args.torch_fast)
-    results = run_checks(setup, checks)
+    results = run_checks(setup, checks, isolate={"auto": "auto", "on": True, "off": False}[args.isolate])
     layer = None
     if args.layers:
         from ..parity.layers import format_layers, layer_report, layers_json

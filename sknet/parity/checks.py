@@ -232,6 +232,9 @@ def check_grad(setup, tp, mp):
     ref_loss, ref = tp.grads(t32, x, y)
     flips = tp.flips(t32)
     del t32
+    # The unpinned PyTorch pass before MindSpore's first: MindSpore keeps its memory pool once
+    # grown, and a PyTorch pass beside it made the check's peak (SKNet-50 at 224 px: 4.2 GiB).
+    _, free = tp.grads(tp.build(setup.spec, setup.state), x, y)
     release()
     out_loss, out = mp.grads(mp.pin(mp.build(setup.spec, setup.mindspore_state), choices), x, y)
     result = with_floor("grad", ref, out, ref64, TOLERANCES["grad"],
@@ -239,8 +242,6 @@ def check_grad(setup, tp, mp):
     relu_inputs = sum(a.size for path, calls in choices.items() if path != "maxpool" for a in calls)
     result.details.update(loss=[ref_loss, out_loss], torch_fp32_flips=flips, relu_inputs=int(relu_inputs))
     del choices, out
-    release()
-    _, free = tp.grads(tp.build(setup.spec, setup.state), x, y)
     release()
     _, free_ms = mp.grads(mp.build(setup.spec, setup.mindspore_state), x, y)
     return [result, unpinned("grad.unpinned", free, free_ms, ref64,
@@ -335,8 +336,33 @@ def parse_checks(text):
     return tuple(names)
 
 
-def run_checks(setup, checks=DEFAULT_CHECKS):
-    """Every requested check on ``setup``; a list of ``Result`` rows in the order asked."""
+# Input size from which ``run_checks(isolate="auto")`` gives each check a process of its own.
+ISOLATE_FROM = 128
+
+
+def run_checks(setup, checks=DEFAULT_CHECKS, isolate=False):
+    """Every requested check on ``setup``; a list of ``Result`` rows in the order asked.
+
+    ``isolate``: each check in a fresh (spawned) process. MindSpore keeps its CPU memory pool
+    once grown, so in one process each check's PyTorch passes run beside what the previous
+    checks' MindSpore passes took (SKNet-50 at 224 px: 4.4 GiB in one process, 3.3 GiB for the
+    largest check alone; docs/parity.md, "Cost"), for ~4 s of imports per check. "auto":
+    from ``ISOLATE_FROM`` px and more than one check.
+    """
+    if isolate == "auto":
+        isolate = setup.size >= ISOLATE_FROM and len(checks) > 1
+    if isolate:
+        import multiprocessing
+
+        results = []
+        for name in checks:
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                results += pool.apply(_run_in_process, (setup, (name,)))
+        return results
+    return _run_in_process(setup, checks)
+
+
+def _run_in_process(setup, checks):
     tp, mp = sides()
     before = set_mode(setup.mode)
     try:
