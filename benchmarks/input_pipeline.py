@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from measure import median_run  # benchmarks/ is sys.path[0] when run as a script
+
 PIPELINES = ("sknet", "sknet-pil", "mindspore", "pil")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 JITTER, SCALE, RATIO = 0.4, (0.08, 1.0), (3 / 4, 4 / 3)
@@ -394,13 +396,6 @@ def versions():
     return out
 
 
-def median_rate(rates):
-    """The median (lower middle) of a pipeline's runs; None if any failed."""
-    if any(r is None for r in rates):
-        return None
-    return sorted(rates)[(len(rates) - 1) // 2]
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.child:
@@ -423,7 +418,7 @@ def main(argv=None):
             for name in args.pipelines:
                 for w in args.workers:
                     runs[name][w].append(measure(args, name, w, images))
-        rows = {name: {w: median_rate(r) for w, r in by_w.items()} for name, by_w in runs.items()}
+        rows = {name: {w: median_run(r) for w, r in by_w.items()} for name, by_w in runs.items()}
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

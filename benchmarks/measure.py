@@ -123,3 +123,12 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def median_run(runs, rate=lambda run: run):
+    """The run of median ``rate`` (the lower middle one of an even count); the first failed run
+    (``rate`` None) if any failed: ``--repeat`` in train_e2e.py and input_pipeline.py."""
+    failed = [r for r in runs if rate(r) is None]
+    if failed:
+        return failed[0]
+    return sorted(runs, key=rate)[(len(runs) - 1) // 2]

@@ -43,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from measure import cpu_model  # noqa: E402
+from measure import cpu_model, median_run  # noqa: E402
 
 IMPLS = ("sknet-torch", "timm", "sknet-mindspore", "mindcv")
 # Which of ours each peer is compared with: the same framework.
@@ -324,14 +324,6 @@ def versions():
     return out
 
 
-def median_run(runs):
-    """The run of median rate (the lower middle one of an even count); a failed run if any failed."""
-    failed = [r for r in runs if r[0] is None]
-    if failed:
-        return failed[0]
-    return sorted(runs, key=lambda r: r[0])[(len(runs) - 1) // 2]
-
-
 def run_setting(args, setting):
     s = SETTINGS[setting]
     batch, steps = args.batch or s["batch"], args.steps or s["steps"]
@@ -345,7 +337,7 @@ def run_setting(args, setting):
         for _ in range(args.repeat):
             for impl in args.impls:
                 runs[impl].append(measure(sub, setting, folder, impl))
-        results = {impl: median_run(r) for impl, r in runs.items()}
+        results = {impl: median_run(r, rate=lambda run: run[0]) for impl, r in runs.items()}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     aug = "RandomResizedCrop bicubic 0.08-1, flip 0.5, jitter 0.4" if s["augment"] else "no augmentation"

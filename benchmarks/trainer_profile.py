@@ -78,9 +78,9 @@ def setup(args):
 
             torch.set_num_threads(args.threads)
         else:
-            import mindspore as ms
+            import ms_runner   # benchmarks/ is sys.path[0] when run as a script
 
-            ms.device_context.cpu.op_tuning.threads_num(args.threads)
+            ms_runner.set_threads(args.threads)
     opts = Options(recipe=args.recipe, backend=args.backend, quiet=True)
     recipe, spec, train, _ = load_run(opts)
     world = adapter_mod.World(None, recipe.device)

@@ -6,11 +6,12 @@ products are zeros, and so are their weights' gradients. A conv over the live ta
 gives the same output with a fraction of the work (docs/performance.md). Plain loops and
 closed forms: MindSpore's GRAPH mode folds this at compile time from the static shapes.
 """
+from .plan import conv_out
 
 
 def live_taps(n, k, s, p, d):
     """(first, stop) of the taps, along one axis of length ``n``, that meet the input at some output."""
-    out = (n + 2 * p - d * (k - 1) - 1) // s + 1
+    out = conv_out(n, k, s, p, d)
     first, stop = k, 0
     for i in range(k):
         offset = i * d - p                      # input position of tap i at output 0
@@ -30,8 +31,7 @@ def tap_plan(shape, kernel, stride, padding, dilation):
         n, k, s, p, d = shape[axis], kernel[axis], stride[axis], padding[axis], dilation[axis]
         first, stop = live_taps(n, k, s, p, d)
         pad = p - first * d
-        out = (n + 2 * p - d * (k - 1) - 1) // s + 1
-        if stop <= first or pad < 0 or (n + 2 * pad - d * (stop - first - 1) - 1) // s + 1 != out:
+        if stop <= first or pad < 0 or conv_out(n, stop - first, s, pad, d) != conv_out(n, k, s, p, d):
             return None
         cropped = cropped or stop - first < k
         plan.append((first, stop, pad))

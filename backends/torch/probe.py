@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sknet.parity.pinning import Signs, pool_winners
-from sknet.plan import pool_out, pool_pads
+from sknet.plan import conv_out, pool_out, pool_pads
 
 from .fast import accelerate, is_accelerated
 from .model import SKNet
@@ -57,9 +57,8 @@ class _UnfoldConv(torch.autograd.Function):
         ctx.conv = (stride, padding, dilation, groups)
         cols, wg = _columns(x, weight, *ctx.conv), _grouped(weight, groups)
         out = torch.matmul(wg, cols)  # (B, groups, out/groups, L)
-        kh, kw = weight.shape[2:]
-        size = [(n + 2 * p - d * (k - 1) - 1) // s + 1
-                for n, p, d, k, s in zip(x.shape[2:], padding, dilation, (kh, kw), stride)]
+        size = [conv_out(n, k, s, p, d)
+                for n, k, s, p, d in zip(x.shape[2:], weight.shape[2:], stride, padding, dilation)]
         return out.reshape(x.shape[0], weight.shape[0], *size)
 
     @staticmethod

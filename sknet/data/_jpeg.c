@@ -142,7 +142,7 @@ done:
     return out;
 }
 
-/* Colour jitter and normalisation of a uint8 HWC image in one pass each, to float32 CHW
+/* Colour jitter and normalisation of a uint8 HWC image, written once, to float32 CHW
  * (or, given a uint8 out, to uint8 CHW for a step that normalises: no normalisation here).
  *
  * The same arithmetic as sknet/data/transforms.py's PIL path, so the same values:

@@ -6,7 +6,8 @@ ReLU inputs near zero, or a near-tie in a pool window, the other way from exact
 arithmetic, and each such element moves the gradients upstream of it by ~1/sqrt(N) of
 their size. The gradient and SGD checks therefore record these choices in PyTorch's
 float64 pass and make both float32 backends replay them (docs/parity.md, finding 8).
-This module holds the framework-free part: which input wins each max-pool window.
+This module holds the framework-free part: which input wins each max-pool window, and
+the ReLU signs kept one bit each.
 """
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
