@@ -48,7 +48,10 @@ def parse_args(argv=None):
     p.add_argument("--stages", action="store_true",
                    help="instead: ms per image of each step on one core, sknet's against mindspore's ops called one by one")
     p.add_argument("--child", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error(f"--repeat must be >= 1, got {args.repeat}")
+    return args
 
 
 # --- the folder -----------------------------------------------------------------------------------
