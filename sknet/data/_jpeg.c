@@ -16,6 +16,8 @@
 #include <jpeglib.h>
 #include <jerror.h>
 
+#include "_resample.h"
+
 #if !defined(LIBJPEG_TURBO_VERSION_NUMBER) && JPEG_LIB_VERSION < 62
 #error "needs libjpeg-turbo (jpeg_crop_scanline, jpeg_skip_scanlines)"
 #endif
@@ -298,14 +300,54 @@ static PyObject *finish(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* resample(data, width, height, channels, box, out_w, out_h, filter, order, flip) -> bytes
+ *
+ * PIL's Image.resize((out_w, out_h), filter, box) of a packed uint8 image (channels 1 or
+ * 3), the same bytes (_resample.c) for the pass order of the PIL it follows (_resample.h),
+ * mirrored left to right with flip. The checks and their messages are PIL's. */
+static PyObject *resample(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    int width, height, channels, out_w, out_h, filter, order, flip, rc;
+    float box[4];
+    const char *bad = NULL;
+    if (!PyArg_ParseTuple(args, "y*iii(ffff)iiiip", &buf, &width, &height, &channels, &box[0], &box[1], &box[2],
+                          &box[3], &out_w, &out_h, &filter, &order, &flip))
+        return NULL;
+    if (channels != 1 && channels != 3) bad = "channels must be 1 or 3";
+    else if (filter != SK_BILINEAR && filter != SK_BICUBIC) bad = "filter must be PIL's BILINEAR or BICUBIC";
+    else if (order != SK_ACROSS_FIRST && order != SK_PILLOW13_ORDER) bad = "order must be 0 or 1";
+    else if (width < 1 || height < 1 || buf.len != (Py_ssize_t)width * height * channels)
+        bad = "data is not width x height x channels bytes";
+    else if (out_w < 1 || out_h < 1) bad = "height and width must be > 0";
+    else if (box[0] < 0 || box[1] < 0) bad = "box offset can't be negative";
+    else if (box[2] > width || box[3] > height) bad = "box can't exceed original image size";
+    else if (box[2] - box[0] < 0 || box[3] - box[1] < 0) bad = "box can't be empty";
+    if (bad != NULL) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_ValueError, bad);
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)out_w * out_h * channels);
+    if (out == NULL) { PyBuffer_Release(&buf); return NULL; }
+    Py_BEGIN_ALLOW_THREADS
+    rc = sk_resample((const uint8_t *)buf.buf, width, height, channels, box, out_w, out_h, filter, order, flip,
+                     (uint8_t *)PyBytes_AS_STRING(out));
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    if (rc != 0) { Py_DECREF(out); return PyErr_NoMemory(); }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"header", header, METH_VARARGS, "(width, height, components) of a JPEG's header."},
     {"region", region, METH_VARARGS, "region(data, denom, top, left, height, width, channels) -> bytes"},
+    {"resample", resample, METH_VARARGS,
+     "resample(data, width, height, channels, box, out_w, out_h, filter, order, flip) -> bytes: PIL's resize, its pixels"},
     {"finish", finish, METH_VARARGS,
      "finish(data, pixels, channels, order, factors, mean, std, bgr, out): jitter + normalise into out (float32), or jitter alone (uint8 out)"},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jpeg", "libjpeg-turbo region decoding; colour jitter and normalisation in one pass", -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jpeg", "libjpeg-turbo region decoding; PIL's resize; colour jitter and normalisation in one pass", -1, methods};
 
 PyMODINIT_FUNC PyInit__jpeg(void) { return PyModule_Create(&module); }

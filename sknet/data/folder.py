@@ -1,4 +1,5 @@
 """ImageNet-style folders: ``root/<split>/<class>/<image>``, classes in sorted order."""
+import functools
 import math
 from pathlib import Path
 
@@ -58,6 +59,31 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 FILTER_REACH = 3
 
 
+@functools.lru_cache(maxsize=None)
+def resize_order():
+    """The pass order under which the extension's resize gives this PIL's pixels, or None.
+
+    Pillow 13 changed which of its two passes runs first for some sizes, and the order shows
+    in the pixels; Pillow-SIMD's weights differ altogether. So rather than trust a version
+    number, a few resizes of a fixed noise image are compared with PIL's, once per process;
+    where neither order reproduces them (None), files are resized by PIL.
+    """
+    if _jpeg is None:
+        return None
+    rgb = np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    # Down across (Pillow 13 goes down first on the first), a box, upscaling, grey, bilinear.
+    cases = [(rgb, (20, 6), (0.0, 0.0, 24.0, 24.0), Image.BICUBIC),
+             (rgb, (6, 20), (0.0, 0.0, 24.0, 24.0), Image.BICUBIC),
+             (rgb, (30, 9), (1.5, 2.25, 22.0, 23.5), Image.BILINEAR),
+             (rgb[:, :, :1], (19, 4), (0.0, 0.0, 24.0, 24.0), Image.BICUBIC)]
+    for order in (1, 0):
+        if all(_jpeg.resample(img.tobytes(), 24, 24, img.shape[2], box, size[0], size[1], resample, order, False)
+               == Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).resize(size, resample, box=box).tobytes()
+               for img, size, box, resample in cases):
+            return order
+    return None
+
+
 def _region(start, stop, out, limit):
     """The whole source pixels a resize of [start, stop) to ``out`` pixels reads, within [0, limit)."""
     reach = FILTER_REACH * max(1.0, (stop - start) / out) + 1
@@ -73,9 +99,10 @@ class Encoded:
     (libjpeg's DCT scaling; ``Image.draft`` in PIL). The resize then reads the same pixels
     whichever way they were decoded: both paths cut the same rectangle out of the same
     decode (libjpeg's region decode gives a full decode's pixels) and resize it with the
-    same box, so they give identical images. Which scale and rectangle are used depends only
-    on the file's size and the crop, never on timing or process, so every worker and
-    backend gets the same pixels.
+    same box, so they give identical images; the extension's resize (bilinear, bicubic)
+    reproduces PIL's, pixel for pixel. Which scale and rectangle are used depends only on the
+    file's size and the crop, never on timing or process, so every worker and backend gets
+    the same pixels.
     """
 
     def __init__(self, path, channels):
@@ -112,15 +139,20 @@ class Encoded:
             return decode(self.path, self.channels)
         return _array(self._decode(1, (0, 0) + self.shape[:2]))
 
+    def _region_bytes(self, scale, rect):
+        """Bytes of ``rect`` = (top, left, height, width) of the file decoded at 1/``scale`` (the C path)."""
+        top, left, h, w = rect
+        try:
+            return _jpeg.region(self.data, scale, top, left, h, w, self.channels)
+        except ValueError as err:
+            raise DatasetError(f"{self.path}: cannot decode image: {err}") from None
+
     def _decode(self, scale, rect):
         """PIL image of ``rect`` = (top, left, height, width) of the file decoded at 1/``scale``."""
         top, left, h, w = rect
+        mode = _mode(self.channels)
         if self.data is not None:
-            try:
-                buf = _jpeg.region(self.data, scale, top, left, h, w, self.channels)
-            except ValueError as err:
-                raise DatasetError(f"{self.path}: cannot decode image: {err}") from None
-            return Image.frombuffer(_mode(self.channels), (w, h), buf, "raw", _mode(self.channels), 0, 1)
+            return Image.frombuffer(mode, (w, h), self._region_bytes(scale, rect), "raw", mode, 0, 1)
         height, width = self.shape[:2]
         try:
             with Image.open(self.path) as img:
@@ -128,13 +160,14 @@ class Encoded:
                     # draft picks the largest s in (8, 4, 2) with size // requested >= s; for a
                     # request of size // s that quotient lies in [s, 2s), so it picks s itself.
                     img.draft(img.mode, (width // scale, height // scale))
-                img = img if img.mode == _mode(self.channels) else img.convert(_mode(self.channels))
+                img = img if img.mode == mode else img.convert(mode)
                 return img.crop((left, top, left + w, top + h))
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             raise DatasetError(f"{self.path}: cannot decode image: {err}") from None
 
-    def image(self, box, out_w, out_h, resample):
-        """PIL image: crop ``box`` = (top, left, height, width) resized to ``out_h`` x ``out_w``."""
+    def image(self, box, out_w, out_h, resample, flip=False):
+        """PIL image: crop ``box`` = (top, left, height, width) resized to ``out_h`` x ``out_w``,
+        mirrored left to right with ``flip``."""
         top, left, h, w = box
         # The largest DCT scale that still leaves the crop at least as large as the output on
         # both sides: the resize after it still shrinks, so it keeps no detail the scaling lost.
@@ -142,14 +175,23 @@ class Encoded:
         if not self.jpeg:
             scale = 1
         if scale == 1 and (h, w) == (out_h, out_w):
-            return self._decode(1, box)
-        height, width = self.shape[:2]
-        # libjpeg's scaled size rounds up; the box is exact in binary (scale is a power of 2).
-        y0, y1 = _region(top / scale, (top + h) / scale, out_h, -(-height // scale))
-        x0, x1 = _region(left / scale, (left + w) / scale, out_w, -(-width // scale))
-        src = self._decode(scale, (y0, x0, y1 - y0, x1 - x0))
-        return src.resize((out_w, out_h), resample, box=(left / scale - x0, top / scale - y0,
-                                                         (left + w) / scale - x0, (top + h) / scale - y0))
+            img = self._decode(1, box)
+        else:
+            height, width = self.shape[:2]
+            # libjpeg's scaled size rounds up; the box is exact in binary (scale is a power of 2).
+            y0, y1 = _region(top / scale, (top + h) / scale, out_h, -(-height // scale))
+            x0, x1 = _region(left / scale, (left + w) / scale, out_w, -(-width // scale))
+            rect = (y0, x0, y1 - y0, x1 - x0)
+            within = (left / scale - x0, top / scale - y0, (left + w) / scale - x0, (top + h) / scale - y0)
+            order = resize_order() if self.data is not None and resample in (Image.BILINEAR, Image.BICUBIC) else None
+            if order is not None:
+                # The extension's resize: PIL's pixels, flipped as it writes them.
+                mode = _mode(self.channels)
+                out = _jpeg.resample(self._region_bytes(scale, rect), rect[3], rect[2], self.channels, within,
+                                     out_w, out_h, resample, order, flip)
+                return Image.frombuffer(mode, (out_w, out_h), out, "raw", mode, 0, 1)
+            img = self._decode(scale, rect).resize((out_w, out_h), resample, box=within)
+        return img.transpose(Image.FLIP_LEFT_RIGHT) if flip else img
 
     def resized(self, box, out_w, out_h, resample):
         """uint8 HWC: crop ``box`` = (top, left, height, width) resized to ``out_h`` x ``out_w``."""

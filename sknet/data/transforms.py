@@ -349,9 +349,8 @@ class TrainTransform:
     def _from_file(self, enc, rng, u8):
         """The same steps and draws, on a PIL image from decode to normalisation (no array copies between)."""
         box = random_resized_crop_box(enc.shape[0], enc.shape[1], rng, self.scale, self.ratio)
-        pil = enc.image(box, self.size, self.size, RESAMPLE[self.interpolation])
-        if self.hflip > 0 and rng.random() < self.hflip:
-            pil = pil.transpose(Image.FLIP_LEFT_RIGHT)
+        flip = self.hflip > 0 and rng.random() < self.hflip
+        pil = enc.image(box, self.size, self.size, RESAMPLE[self.interpolation], flip)
         fast = folder._jpeg
         if fast is not None:
             # The C extension's one pass: the same jitter and normalisation arithmetic as below.
