@@ -23,6 +23,7 @@ from sknet.schedule import param_groups
 from sknet.training import TrainError
 from sknet.training.batches import BatchSource
 from sknet.training.cluster import restart_count
+from sknet.training.heap import keep_freed_memory
 from sknet.training.progress import log
 from sknet.training.rundir import ema_path
 
@@ -123,6 +124,8 @@ class Adapter:
         """Seeded model and SGD; ``lrs`` is not kept: the loop hands each step its lr."""
         del lrs
         world = self.world
+        if world.device.type == "cpu":
+            keep_freed_memory()   # each step's activations reuse the last step's pages (sknet/training/heap.py)
         torch.manual_seed(recipe.seed)
         self.recipe = recipe
         # Trained with fast.accelerate's paths: the same function (tests/test_torch_fast.py),
