@@ -1,14 +1,15 @@
-/* PIL's antialiased resize, the same pixels, in loops a compiler vectorises.
+/* PIL's antialiased resize, the same pixels, in loops that vectorise.
  *
- * PIL (libImaging/Resample.c) resizes in two passes, horizontal then vertical, each
- * rounding to uint8. An output pixel is a weighted sum of a run of source pixels; the
- * weights are the filter stretched by the shrink factor, evaluated in double, normalised to
- * sum 1 and rounded to 22-bit fixed point; the sum starts at half a unit and is shifted back
- * and clipped. Here the weights come from the same expressions in the same order (the file
- * is compiled with -ffp-contract=off), so they are PIL's integers; integer sums do not
- * depend on their order, so each pass sums in the order that vectorises: the vertical pass
- * along whole rows, the horizontal one four source pixels at a time (12 bytes of RGB
- * against 12 lanes of weights). PIL's own loops go pixel by pixel over 4-byte pixels.
+ * PIL (libImaging/Resample.c) resizes in two passes, each rounding to uint8. An output
+ * pixel is a weighted sum of a run of source pixels; the weights are the filter stretched by
+ * the shrink factor, evaluated in double, normalised to sum 1 and rounded to 22-bit fixed
+ * point; the sum starts at half a unit and is shifted back and clipped. Here the weights
+ * come from the same expressions in the same order (the file is compiled with
+ * -ffp-contract=off), so they are PIL's integers; integer sums do not depend on their order,
+ * so each pass sums in the order that vectorises: the vertical pass along whole rows (all
+ * channels of all pixels of a row at once), the horizontal one a pixel's channels in one
+ * SSE4.1 multiply. PIL's own loops go output pixel by output pixel, channel by channel.
+ * Which pass runs first shows in the pixels and changed in Pillow 13 (_resample.h).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -19,8 +20,8 @@
 #define PRECISION 22                       /* 32 - 8 - 2: fraction bits of PIL's weights */
 #define HALF (1 << (PRECISION - 1))
 
-/* Function multiversioning: an AVX2 build of the two passes, picked at load time where the
- * CPU has it; integer arithmetic, so both builds give the same bytes. */
+/* Function multiversioning: an AVX2 build of the vertical pass, picked at load time where
+ * the CPU has it; integer arithmetic, so both builds give the same bytes. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
 #else
