@@ -342,12 +342,14 @@ static PyMethodDef methods[] = {
     {"header", header, METH_VARARGS, "(width, height, components) of a JPEG's header."},
     {"region", region, METH_VARARGS, "region(data, denom, top, left, height, width, channels) -> bytes"},
     {"resample", resample, METH_VARARGS,
-     "resample(data, width, height, channels, box, out_w, out_h, filter, order, flip) -> bytes: PIL's resize, its pixels"},
+     "resample(data, width, height, channels, box, out_w, out_h, filter, order, flip) -> bytes: PIL's resize"},
     {"finish", finish, METH_VARARGS,
      "finish(data, pixels, channels, order, factors, mean, std, bgr, out): jitter + normalise into out (float32), or jitter alone (uint8 out)"},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jpeg", "libjpeg-turbo region decoding; PIL's resize; colour jitter and normalisation in one pass", -1, methods};
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_jpeg",
+    "libjpeg-turbo region decoding; PIL's resize; colour jitter and normalisation in one pass", -1, methods};
 
 PyMODINIT_FUNC PyInit__jpeg(void) { return PyModule_Create(&module); }
