@@ -26,6 +26,7 @@ from sknet.training.cluster import join_failure
 from sknet.training.progress import log
 from sknet.training.rundir import ema_path
 
+from . import use_device
 from .model import build
 from .momentum import momentum_optimizer
 from .names import ms_name, name_parameters, to_canonical
@@ -36,7 +37,7 @@ class World:
 
     def __init__(self, device_name, recipe_device):
         target = backend_device(device_name or recipe_device, "mindspore") or "CPU"
-        ms.set_device(target)
+        use_device(target)   # also where an earlier kernel in the process started the runtime on it
         self.device = target
         self.distributed = "MS_WORKER_NUM" in os.environ and int(os.environ["MS_WORKER_NUM"]) > 1
         if self.distributed:

@@ -47,7 +47,7 @@ def predictor(backend, spec, tensors, device):
         import mindspore as ms
 
         ms.set_context(mode=ms.PYNATIVE_MODE)
-        ms.set_device(backend_device(device, "mindspore") or "CPU")
+        module.use_device(backend_device(device, "mindspore") or "CPU")
         net = module.load_canonical(module.build(spec), tensors)
         net.set_train(False)
         forward = ms.jit(net)
