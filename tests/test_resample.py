@@ -115,6 +115,7 @@ def test_files_fall_back_to_pils_resize_when_the_extension_does_not_match(tmp_pa
     ((b"\0" * 12, 2, 2, 3, (-1.0, 0.0, 2.0, 2.0), 1, 1, Image.BICUBIC, 1, False), "offset can't be negative"),
     ((b"\0" * 12, 2, 2, 3, (1.0, 0.0, 0.5, 2.0), 1, 1, Image.BICUBIC, 1, False), "box can't be empty"),
     ((b"\0" * 12, 2, 2, 3, (0.0, 0.0, 2.0, 2.0), 0, 1, Image.BICUBIC, 1, False), "must be > 0"),
+    ((b"\0" * 12, 2, 2, 3, (0.0, float("nan"), 2.0, 2.0), 1, 1, Image.BICUBIC, 1, False), "box must be finite"),
     ((b"\0" * 12, 2, 2, 3, (0.0, 0.0, 2.0, 2.0), 1, 1, Image.LANCZOS, 1, False), "BILINEAR or BICUBIC"),
     ((b"\0" * 12, 2, 2, 3, (0.0, 0.0, 2.0, 2.0), 1, 1, Image.BICUBIC, 2, False), "order must be 0 or 1"),
 ])

@@ -319,6 +319,8 @@ static PyObject *resample(PyObject *self, PyObject *args) {
     else if (width < 1 || height < 1 || buf.len != (Py_ssize_t)width * height * channels)
         bad = "data is not width x height x channels bytes";
     else if (out_w < 1 || out_h < 1) bad = "height and width must be > 0";
+    else if (!isfinite(box[0]) || !isfinite(box[1]) || !isfinite(box[2]) || !isfinite(box[3]))
+        bad = "box must be finite";   /* PIL lets NaN through its checks, into undefined casts */
     else if (box[0] < 0 || box[1] < 0) bad = "box offset can't be negative";
     else if (box[2] > width || box[3] > height) bad = "box can't exceed original image size";
     else if (box[2] - box[0] < 0 || box[3] - box[1] < 0) bad = "box can't be empty";
