@@ -5,10 +5,10 @@ unmaps it when freed, and hands the top of its heap back to the kernel past a tr
 threshold; a CPU training step allocates and frees its activations and gradients every step
 (a 16 x 64 x 112 x 112 float32 map is 51 MiB), so each step page-faults them in again,
 with the kernel zeroing every page. With mmap off and trimming off, the second step reuses
-the first one's pages: a skresnet18 step at 224 px, batch 16, 2 threads, went 1.10 -> 0.96 s
-(docs/performance.md). PyTorch's CUDA caching allocator does the same for device memory;
-jemalloc and tcmalloc (LD_PRELOAD) do it too, where installed. The cost: the process keeps
-its peak heap until it exits.
+the first one's pages (docs/performance.md has the step times before and after). PyTorch's
+CUDA caching allocator does the same for device memory, and jemalloc or tcmalloc
+(LD_PRELOAD) for host memory where installed. The cost: the process keeps its peak heap
+until it exits.
 """
 import ctypes
 import ctypes.util
