@@ -271,8 +271,7 @@ def stage_times(args):
             t2 = time.perf_counter()
             flip = rng.random() < 0.5
             if fast:
-                out = F._jpeg.resample(src, rect[3], rect[2], 3, box, size, size, resample, F.resize_order(), flip)
-                pil = Image.frombuffer("RGB", (size, size), out, "raw", "RGB", 0, 1)
+                pil = F.resized_bytes(src, rect[3], rect[2], 3, box, size, size, resample, flip)
                 t3 = t4 = time.perf_counter()
             else:
                 pil = src.resize((size, size), resample, box=box)

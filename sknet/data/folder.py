@@ -84,6 +84,14 @@ def resize_order():
     return None
 
 
+def resized_bytes(data, width, height, channels, box, out_w, out_h, resample, flip=False):
+    """PIL image: the extension's resize of packed uint8 pixels (PIL's ``resize(size, resample,
+    box)``, its pixels), mirrored left to right with ``flip``; only where ``resize_order()`` is not None."""
+    mode = _mode(channels)
+    out = _jpeg.resample(data, width, height, channels, box, out_w, out_h, resample, resize_order(), flip)
+    return Image.frombuffer(mode, (out_w, out_h), out, "raw", mode, 0, 1)
+
+
 def _region(start, stop, out, limit):
     """The whole source pixels a resize of [start, stop) to ``out`` pixels reads, within [0, limit)."""
     reach = FILTER_REACH * max(1.0, (stop - start) / out) + 1
@@ -183,13 +191,10 @@ class Encoded:
             x0, x1 = _region(left / scale, (left + w) / scale, out_w, -(-width // scale))
             rect = (y0, x0, y1 - y0, x1 - x0)
             within = (left / scale - x0, top / scale - y0, (left + w) / scale - x0, (top + h) / scale - y0)
-            order = resize_order() if self.data is not None and resample in (Image.BILINEAR, Image.BICUBIC) else None
-            if order is not None:
+            if self.data is not None and resample in (Image.BILINEAR, Image.BICUBIC) and resize_order() is not None:
                 # The extension's resize: PIL's pixels, flipped as it writes them.
-                mode = _mode(self.channels)
-                out = _jpeg.resample(self._region_bytes(scale, rect), rect[3], rect[2], self.channels, within,
-                                     out_w, out_h, resample, order, flip)
-                return Image.frombuffer(mode, (out_w, out_h), out, "raw", mode, 0, 1)
+                return resized_bytes(self._region_bytes(scale, rect), rect[3], rect[2], self.channels, within,
+                                     out_w, out_h, resample, flip)
             img = self._decode(scale, rect).resize((out_w, out_h), resample, box=within)
         return img.transpose(Image.FLIP_LEFT_RIGHT) if flip else img
 
